@@ -1,0 +1,5 @@
+"""`python -m logagg` runs the command-line interface."""
+
+from logagg.cli import main
+
+main()

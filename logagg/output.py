@@ -1,0 +1,271 @@
+"""Rendering: Rich tables for people, JSON / JSON lines / CSV for programs.
+
+Data goes to stdout; diagnostics, reports and progress go to stderr. Rich is imported
+only when a table or a progress bar is drawn, so machine output and `--help` stay quick.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from logagg.models import StoredEvent
+    from logagg.pipeline import IngestReport
+    from logagg.store import CheckResult, StoreStats
+
+
+class Order(StrEnum):
+    desc = "desc"
+    asc = "asc"
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+def choose_format(requested: Format | None, piped: Format) -> Format:
+    """The requested format, else a table on a terminal and `piped` otherwise."""
+    if requested is not None:
+        return requested
+    return Format.table if sys.stdout.isatty() else piped
+
+
+def console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _binary_stdout() -> IO[bytes]:
+    buffer = getattr(sys.stdout, "buffer", None)
+    return buffer if buffer is not None else _TextAsBytes(sys.stdout)
+
+
+class _TextAsBytes:
+    def __init__(self, text: IO[str]) -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        return self._text.write(data.decode())
+
+    def flush(self) -> None:
+        self._text.flush()
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout, keys sorted, as a stable envelope for scripts."""
+    sys.stdout.write(json.dumps(doc, sort_keys=True, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# --- events --------------------------------------------------------------------------
+
+
+def write_events(events: Iterable[StoredEvent], fmt: Format) -> int:
+    """Write events to stdout in `fmt`, streaming where the format allows; returns the count."""
+    if fmt is Format.table:
+        return _events_table(list(events))
+    out = _binary_stdout()
+    count = 0
+    if fmt is Format.jsonl:
+        for event in events:
+            out.write(event.to_json_bytes() + b"\n")
+            count += 1
+    elif fmt is Format.json:
+        out.write(b"[")
+        for event in events:
+            out.write((b",\n" if count else b"\n") + event.to_json_bytes())
+            count += 1
+        out.write(b"\n]\n" if count else b"]\n")
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["topic", "event_id", "timestamp", "source", "payload", "extra"])
+        for e in events:
+            writer.writerow(
+                [e.topic, e.event_id, e.timestamp, e.source, e.payload_json, e.extra_json or ""]
+            )
+            count += 1
+        sys.stdout.flush()
+    out.flush()
+    return count
+
+
+def _events_table(events: list[StoredEvent]) -> int:
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("timestamp", "topic", "event_id", "source"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("payload", overflow="ellipsis", no_wrap=True, max_width=60)
+    for e in events:
+        table.add_row(e.timestamp, e.topic, e.event_id, e.source, e.payload_json, style=None)
+    con = console()
+    con.print(table)
+    if not events:
+        console(stderr=True).print("no events match")
+    return len(events)
+
+
+# --- stats ---------------------------------------------------------------------------
+
+
+def stats_document(stats: StoreStats) -> dict[str, Any]:
+    return {
+        "received": stats.received,
+        "unique_processed": stats.unique_processed,
+        "duplicate_dropped": stats.duplicate_dropped,
+        "invalid": stats.invalid,
+        "topics": {name: t.events for name, t in stats.topics.items()},
+        "topic_details": {
+            name: {
+                "events": t.events,
+                "first_timestamp": t.first_timestamp,
+                "last_timestamp": t.last_timestamp,
+            }
+            for name, t in stats.topics.items()
+        },
+        "first_timestamp": stats.first_timestamp,
+        "last_timestamp": stats.last_timestamp,
+        "last_ingest_at": stats.last_ingest_at,
+        "database": stats.database,
+        "size_bytes": stats.size_bytes,
+    }
+
+
+def write_stats(stats: StoreStats, fmt: Format) -> None:
+    if fmt is not Format.table:
+        print_json(stats_document(stats))
+        return
+    from rich.table import Table
+
+    con = console()
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    for label, value in (
+        ("received", stats.received),
+        ("unique_processed", stats.unique_processed),
+        ("duplicate_dropped", stats.duplicate_dropped),
+        ("invalid", stats.invalid),
+    ):
+        summary.add_row(label, f"{value:,}")
+    summary.add_row("first event", stats.first_timestamp or "-")
+    summary.add_row("last event", stats.last_timestamp or "-")
+    summary.add_row("last ingest", stats.last_ingest_at or "-")
+    summary.add_row("database", f"{stats.database} ({_human_bytes(stats.size_bytes)})")
+    con.print(summary)
+    if stats.topics:
+        topics = Table(show_edge=False, pad_edge=False)
+        topics.add_column("topic")
+        topics.add_column("events", justify="right")
+        topics.add_column("first", no_wrap=True)
+        topics.add_column("last", no_wrap=True)
+        for name, t in stats.topics.items():
+            topics.add_row(name, f"{t.events:,}", t.first_timestamp, t.last_timestamp)
+        con.print()
+        con.print(topics)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# --- ingest / check / publish ----------------------------------------------------------
+
+
+def write_report(report: IngestReport) -> None:
+    """The end-of-ingest report, for people, on stderr."""
+    con = console(stderr=True)
+    con.print(
+        f"received {report.received:,}  accepted {report.accepted:,}  "
+        f"duplicates {report.duplicates:,}  invalid {report.invalid:,}  "
+        f"in {report.elapsed_seconds:.2f} s ({report.events_per_second:,.0f} events/s)"
+    )
+
+
+def write_check(result: CheckResult, as_json: bool) -> None:
+    if as_json:
+        print_json({"ok": result.ok, "problems": result.problems, **result.facts})
+        return
+    con = console(stderr=True)
+    if result.ok:
+        facts = result.facts
+        console().print(
+            f"ok: {facts['rows']:,} events, counters consistent "
+            f"(received {facts['received']:,} = {facts['unique_processed']:,} unique"
+            f" + {facts['duplicate_dropped']:,} duplicate + {facts['invalid']:,} invalid),"
+            f" integrity ok, schema version {facts['schema_version']}"
+        )
+    for problem in result.problems:
+        con.print(f"problem: {problem}", markup=False)
+
+
+class RejectPrinter:
+    """Prints the first `show` rejects as `FILE:LINE: reason` on stderr, counts the rest."""
+
+    def __init__(self, show: int, quiet: bool, sink: IO[bytes] | None) -> None:
+        self.show = show
+        self.quiet = quiet
+        self.sink = sink
+        self.count = 0
+
+    def __call__(self, reject: Any) -> None:
+        self.count += 1
+        if not self.quiet and self.count <= self.show:
+            sys.stderr.write(f"{reject.location()}: {reject.reason}\n")
+        if self.sink is not None:
+            self.sink.write(json.dumps(reject.to_dict(), ensure_ascii=False).encode() + b"\n")
+
+    def finish(self) -> None:
+        hidden = self.count - self.show
+        if not self.quiet and hidden > 0:
+            where = "" if self.sink else " (keep them all with --rejects FILE)"
+            sys.stderr.write(f"... and {hidden:,} more invalid lines{where}\n")
+
+
+@contextmanager
+def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int], None] | None]:
+    """A Rich progress bar on stderr for file input; yields its update callback or None."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    tasks: dict[str, Any] = {}
+    with Progress(
+        "{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console(stderr=True),
+        transient=True,
+    ) as bar:
+
+        def update(source: Any, position: int, size: int) -> None:
+            if source.name not in tasks:
+                tasks[source.name] = bar.add_task(source.name, total=size)
+            bar.update(tasks[source.name], completed=position)
+
+        yield update

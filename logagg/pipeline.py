@@ -1,0 +1,250 @@
+"""Reader -> bounded queue -> one consumer that writes the store; and the `IngestReport`.
+
+The reader (the calling thread) decodes each chunk of input into events and rejects and
+puts one batch per chunk on a bounded queue: a full queue blocks it, which is the memory
+bound. The consumer thread is the only writer: it commits when it holds `batch_size`
+events or when `flush_interval` has passed since the first uncommitted item, whichever
+comes first. On `stop` (a signal), the reader stops between reads and everything already
+read is committed before `ingest` returns.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from logagg.errors import SourceError, StoreError
+from logagg.models import Event, Reject, decode_line, raw_text
+from logagg.sources import Source, read_chunks
+from logagg.store import SQLiteStore
+
+PUT_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    """Tuning of one ingest run (the CLI's options of the same names)."""
+
+    batch_size: int = 50_000
+    flush_interval: float = 0.2
+    queue_size: int = 8
+    max_line_bytes: int = 1 << 20
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """What one run did. `received = accepted + duplicates + invalid` (committed only)."""
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    elapsed_seconds: float = 0.0
+    source_errors: list[str] = field(default_factory=list)
+    signal: int | None = None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.received / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "invalid": self.invalid,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "events_per_second": round(self.events_per_second, 1),
+        }
+
+
+@dataclass(slots=True)
+class _Batch:
+    events: list[Event]
+    invalid: int
+
+
+_END = _Batch([], 0)
+
+
+class _Consumer(threading.Thread):
+    """The single writer: batches from the queue into store transactions."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        inbox: queue.Queue[_Batch],
+        options: IngestOptions,
+        report: IngestReport,
+    ) -> None:
+        super().__init__(name="logagg-consumer", daemon=True)
+        self.store = store
+        self.inbox = inbox
+        self.options = options
+        self.report = report
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # handed to the reader, which re-raises it
+            self.error = exc
+
+    def _loop(self) -> None:
+        pending: list[Event] = []
+        invalid = 0
+        deadline: float | None = None
+        size, interval = self.options.batch_size, self.options.flush_interval
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                batch = self.inbox.get(timeout=timeout)
+            except queue.Empty:
+                batch = None
+            if batch is _END:
+                self._commit(pending, invalid)
+                return
+            if batch is not None:
+                pending.extend(batch.events)
+                invalid += batch.invalid
+                if deadline is None:
+                    deadline = time.monotonic() + interval
+            if deadline is not None and (len(pending) >= size or time.monotonic() >= deadline):
+                self._commit(pending, invalid)
+                pending, invalid, deadline = [], 0, None
+
+    def _commit(self, events: list[Event], invalid: int) -> None:
+        size = self.options.batch_size
+        for start in range(0, max(len(events), 1), size):
+            part = events[start : start + size]
+            if not part and not invalid:
+                return
+            result = self.store.write_batch(part, invalid)
+            invalid = 0
+            r = self.report
+            r.accepted += result.accepted
+            r.duplicates += result.duplicates
+            r.invalid += result.invalid
+            r.received += result.accepted + result.duplicates + result.invalid
+
+
+def _too_long(source: str, line: int, size: int, head: bytes, limit: int) -> Reject:
+    return Reject(
+        source,
+        line,
+        f"line is {size} bytes, over the limit of {limit} bytes (--max-line-bytes)",
+        raw_text(head) + "...",
+    )
+
+
+def ingest(
+    store: SQLiteStore,
+    sources: Sequence[Source],
+    options: IngestOptions | None = None,
+    *,
+    stop: threading.Event | None = None,
+    on_reject: Callable[[Reject], None] | None = None,
+    on_progress: Callable[[Source, int, int], None] | None = None,
+    stdin: BinaryIO | None = None,
+) -> IngestReport:
+    """Read `sources` in order into `store`; return the report of what was committed.
+
+    A source that cannot be read is recorded in `report.source_errors` and the next one is
+    read. A store failure stops the run and is raised as StoreError after the reader has
+    stopped; nothing waits forever on the queue.
+    """
+    options = options or IngestOptions()
+    stop = stop or threading.Event()
+    report = IngestReport()
+    inbox: queue.Queue[_Batch] = queue.Queue(maxsize=options.queue_size)
+    consumer = _Consumer(store, inbox, options, report)
+    started = time.monotonic()
+    consumer.start()
+
+    def put(batch: _Batch) -> None:
+        while consumer.is_alive():
+            try:
+                inbox.put(batch, timeout=PUT_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+        _raise_consumer_error(consumer)
+
+    try:
+        for source in sources:
+            if stop.is_set():
+                break
+            progress = (
+                (lambda pos, size, s=source: on_progress(s, pos, size)) if on_progress else None
+            )
+            try:
+                for chunk in read_chunks(source, options.max_line_bytes, stop, stdin, progress):
+                    put(_decode(chunk, source.name, options.max_line_bytes, on_reject))
+            except SourceError as exc:
+                report.source_errors.append(str(exc))
+    finally:
+        if consumer.is_alive():
+            put(_END)
+        consumer.join()
+        report.elapsed_seconds = time.monotonic() - started
+    _raise_consumer_error(consumer)
+    return report
+
+
+def _decode(
+    chunk: Any, name: str, limit: int, on_reject: Callable[[Reject], None] | None
+) -> _Batch:
+    events: list[Event] = []
+    invalid = 0
+    for line_no, raw in chunk.lines:
+        item = decode_line(raw, name, line_no)
+        if type(item) is Event:
+            events.append(item)
+        else:
+            invalid += 1
+            if on_reject:
+                on_reject(item)
+    for line_no, size, head in chunk.too_long:
+        invalid += 1
+        if on_reject:
+            on_reject(_too_long(name, line_no, size, head, limit))
+    return _Batch(events, invalid)
+
+
+def _raise_consumer_error(consumer: _Consumer) -> None:
+    if consumer.error is None:
+        return
+    if isinstance(consumer.error, StoreError):
+        raise consumer.error
+    raise StoreError(f"writer failed: {consumer.error!r}") from consumer.error
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM set `stop` (once; a second one acts as usual).
+
+    Yields a list that receives the signal numbers caught. Main thread only.
+    """
+    caught: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
+
+    def handler(signum: int, _frame: object) -> None:
+        caught.append(signum)
+        stop.set()
+        for sig in watched:
+            signal.signal(sig, previous[sig])
+
+    for sig in watched:
+        signal.signal(sig, handler)
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

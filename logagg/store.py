@@ -1,0 +1,441 @@
+"""The SQLite store: schema, migrations, batched dedup inserts, queries, stats and check.
+
+All SQL of the project lives here. The file is plain SQLite (schema in the README):
+duplicates are dropped by the primary key `(topic, event_id)` with
+`INSERT ... ON CONFLICT DO NOTHING`; the per-topic counts and the counters change in the
+same IMMEDIATE transaction as the rows, so they agree with them even after `kill -9`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from logagg.errors import SchemaVersionError, StoreError
+from logagg.models import Event, StoredEvent
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 60.0
+CACHE_KIB = 64 * 1024
+MERGE_MAX_TOPICS = 64  # above this many topics an unfiltered listing sorts instead of merging
+
+_V1 = """
+CREATE TABLE events (
+    topic       TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    timestamp   TEXT NOT NULL,   -- UTC, 2025-01-01T12:00:00.000000Z
+    source      TEXT NOT NULL,
+    payload     TEXT NOT NULL,   -- JSON object
+    extra       TEXT,            -- JSON object of unknown top-level fields, or NULL
+    ingested_at TEXT NOT NULL,
+    PRIMARY KEY (topic, event_id)
+);
+CREATE INDEX events_topic_time ON events (topic, timestamp);
+CREATE TABLE topics (
+    topic           TEXT PRIMARY KEY,
+    events          INTEGER NOT NULL,
+    first_timestamp TEXT NOT NULL,
+    last_timestamp  TEXT NOT NULL
+);
+CREATE TABLE counters (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    received    INTEGER NOT NULL,
+    accepted    INTEGER NOT NULL,
+    duplicates  INTEGER NOT NULL,
+    invalid     INTEGER NOT NULL
+);
+INSERT INTO counters VALUES (1, 0, 0, 0, 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# MIGRATIONS[v] takes a store from version v to v + 1.
+MIGRATIONS: list[str] = [_V1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_INSERT = (
+    "INSERT INTO events (topic, event_id, timestamp, source, payload, extra, ingested_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING"
+)
+_NEW_PER_TOPIC = (
+    "SELECT topic, count(*), min(timestamp), max(timestamp) FROM events"
+    " WHERE rowid > ? GROUP BY topic"
+)
+_UPSERT_TOPIC = (
+    "INSERT INTO topics (topic, events, first_timestamp, last_timestamp) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (topic) DO UPDATE SET events = events + excluded.events,"
+    " first_timestamp = min(first_timestamp, excluded.first_timestamp),"
+    " last_timestamp = max(last_timestamp, excluded.last_timestamp)"
+)
+_ADD_COUNTERS = (
+    "UPDATE counters SET received = received + ?, accepted = accepted + ?,"
+    " duplicates = duplicates + ?, invalid = invalid + ? WHERE id = 1"
+)
+_SELECT_EVENTS = (
+    "SELECT topic, event_id, timestamp, source, payload, extra, ingested_at, rowid FROM events"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one committed batch did."""
+
+    accepted: int
+    duplicates: int
+    invalid: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Filters for listing events; timestamps are normalised UTC strings; limit None = all."""
+
+    topic: str | None = None
+    source: str | None = None
+    since: str | None = None  # inclusive
+    until: str | None = None  # exclusive
+    limit: int | None = 100
+    newest_first: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TopicStats:
+    events: int
+    first_timestamp: str
+    last_timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    received: int
+    unique_processed: int
+    duplicate_dropped: int
+    invalid: int
+    topics: dict[str, TopicStats]
+    first_timestamp: str | None
+    last_timestamp: str | None
+    last_ingest_at: str | None
+    database: str
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """The outcome of `check`: healthy when `problems` is empty."""
+
+    problems: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def utc_now() -> str:
+    """The current time in the stored timestamp form."""
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _describe(exc: sqlite3.Error, path: str) -> str:
+    text = str(exc)
+    if "file is not a database" in text:
+        return f"{path}: not a SQLite database"
+    if "unable to open database file" in text:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            return f"{path}: cannot create the database: directory {parent} does not exist"
+        return f"{path}: cannot open the database (check permissions)"
+    if "readonly database" in text:
+        return f"{path}: the database is read-only (check file and directory permissions)"
+    if "disk is full" in text or "disk I/O error" in text:
+        return f"{path}: cannot write: {text} (is the disk full?)"
+    if "locked" in text or "busy" in text:
+        return f"{path}: the database stayed locked for {BUSY_TIMEOUT_SECONDS:.0f} s: {text}"
+    return f"{path}: {text}"
+
+
+class SQLiteStore:
+    """One SQLite file. Use `SQLiteStore.open()`; close with `close()` or a `with` block.
+
+    A store may be handed to another thread, but only one thread may use it at a time.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    # --- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, *, create: bool = True) -> SQLiteStore:
+        """Open (and with `create`, create) the store at `path`, migrating an older schema.
+
+        Raises StoreError when it cannot be opened, SchemaVersionError when it is newer
+        than this logagg or not a logagg store.
+        """
+        if not create and not os.path.exists(path):
+            raise StoreError(f"{path}: no such store (ingest or publish something first)")
+        if os.path.isdir(path):
+            raise StoreError(f"{path}: is a directory, not a database file")
+        try:
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, path)) from None
+        store = cls(conn, path)
+        try:
+            store._setup()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(_describe(exc, path)) from None
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _setup(self) -> None:
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        self._check_version(version)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: store schema version {version} is newer than this logagg "
+                f"supports ({SCHEMA_VERSION}); upgrade logagg"
+            )
+
+    def _migrate(self) -> None:
+        with self._write():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(version)
+            if (
+                version == 0
+                and self._conn.execute(
+                    "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+                ).fetchone()[0]
+            ):
+                raise SchemaVersionError(f"{self.path}: a SQLite database, but not a logagg store")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (utc_now(),)
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: takes the write lock first, so it never deadlocks."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, self.path)) from None
+
+    # --- writing -------------------------------------------------------------------------
+
+    def write_batch(self, events: Sequence[Event], invalid: int = 0) -> BatchResult:
+        """Insert `events` and count `invalid` rejected lines, all in one transaction.
+
+        Within the batch and against the store, the first copy of a key wins.
+        """
+        now = utc_now()
+        rows = [
+            (e.topic, e.event_id, e.timestamp, e.source, e.payload_json(), e.extra_json(), now)
+            for e in events
+        ]
+        # Key order makes the primary-key B-tree writes local; the sort is stable, so the
+        # first copy of a key inside the batch still comes first.
+        rows.sort(key=_row_key)
+        with self._write() as conn:
+            before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
+            conn.executemany(_INSERT, rows)
+            per_topic = conn.execute(_NEW_PER_TOPIC, (before,)).fetchall()
+            if per_topic:
+                conn.executemany(_UPSERT_TOPIC, per_topic)
+            accepted = sum(count for _, count, _, _ in per_topic)
+            duplicates = len(rows) - accepted
+            conn.execute(_ADD_COUNTERS, (len(rows) + invalid, accepted, duplicates, invalid))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('last_ingest_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (now,),
+            )
+        return BatchResult(accepted, duplicates, invalid)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def events(self, query: EventQuery) -> Iterator[StoredEvent]:
+        """Stored events matching `query`, ordered by timestamp (ties: insertion order)."""
+        try:
+            if query.topic is None:
+                topics = [
+                    row[0]
+                    for row in self._conn.execute(
+                        f"SELECT topic FROM topics LIMIT {MERGE_MAX_TOPICS + 1}"
+                    )
+                ]
+                if 1 < len(topics) <= MERGE_MAX_TOPICS:
+                    yield from self._merged(query, topics)
+                    return
+            for row in self._conn.execute(*self._select(query)):
+                yield StoredEvent(*row[:7])
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, self.path)) from None
+
+    def _select(self, query: EventQuery, topic: str | None = None) -> tuple[str, list[Any]]:
+        where, params = [], []
+        for column, op, value in (
+            ("topic", "=", topic if topic is not None else query.topic),
+            ("source", "=", query.source),
+            ("timestamp", ">=", query.since),
+            ("timestamp", "<", query.until),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        direction = "DESC" if query.newest_first else "ASC"
+        sql = _SELECT_EVENTS
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY timestamp {direction}, rowid {direction}"
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        return sql, params
+
+    def _merged(self, query: EventQuery, topics: list[str]) -> Iterator[StoredEvent]:
+        # One index range per topic, merged: an unfiltered listing never sorts the table.
+        streams = [self._conn.execute(*self._select(query, topic)) for topic in topics]
+        merged = heapq.merge(*streams, key=lambda r: (r[2], r[7]), reverse=query.newest_first)
+        for n, row in enumerate(merged):
+            if query.limit is not None and n >= query.limit:
+                break
+            yield StoredEvent(*row[:7])
+
+    def stats(self) -> StoreStats:
+        """Counters and per-topic counts; reads only small tables, never the events."""
+        try:
+            conn = self._conn
+            conn.execute("BEGIN")  # one snapshot for all the reads below
+            try:
+                received, accepted, duplicates, invalid = conn.execute(
+                    "SELECT received, accepted, duplicates, invalid FROM counters"
+                ).fetchone()
+                topics = {
+                    topic: TopicStats(count, first, last)
+                    for topic, count, first, last in conn.execute(
+                        "SELECT topic, events, first_timestamp, last_timestamp FROM topics"
+                        " ORDER BY events DESC, topic"
+                    )
+                }
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, self.path)) from None
+        size = sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+        return StoreStats(
+            received=received,
+            unique_processed=accepted,
+            duplicate_dropped=duplicates,
+            invalid=invalid,
+            topics=topics,
+            first_timestamp=min((t.first_timestamp for t in topics.values()), default=None),
+            last_timestamp=max((t.last_timestamp for t in topics.values()), default=None),
+            last_ingest_at=meta.get("last_ingest_at"),
+            database=os.path.abspath(self.path),
+            size_bytes=size,
+        )
+
+    def check(self) -> CheckResult:
+        """Integrity, schema version, and that counters and topic counts agree with the rows."""
+        result = CheckResult()
+        problems, facts = result.problems, result.facts
+        try:
+            conn = self._conn
+            integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            facts["integrity"] = "ok" if integrity == ["ok"] else "; ".join(integrity[:5])
+            if integrity != ["ok"]:
+                problems.append(f"integrity check failed: {facts['integrity']}")
+            facts["schema_version"] = conn.execute("PRAGMA user_version").fetchone()[0]
+            if facts["schema_version"] != SCHEMA_VERSION:
+                problems.append(
+                    f"schema version {facts['schema_version']}, expected {SCHEMA_VERSION}"
+                )
+            conn.execute("BEGIN")
+            try:
+                received, accepted, duplicates, invalid = conn.execute(
+                    "SELECT received, accepted, duplicates, invalid FROM counters"
+                ).fetchone()
+                rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                kept = dict(conn.execute("SELECT topic, events FROM topics").fetchall())
+                actual = dict(
+                    conn.execute("SELECT topic, count(*) FROM events GROUP BY topic").fetchall()
+                )
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, self.path)) from None
+        facts.update(
+            received=received,
+            unique_processed=accepted,
+            duplicate_dropped=duplicates,
+            invalid=invalid,
+            rows=rows,
+        )
+        if received != accepted + duplicates + invalid:
+            problems.append(
+                f"counters disagree: received {received} != unique_processed {accepted}"
+                f" + duplicate_dropped {duplicates} + invalid {invalid}"
+            )
+        if accepted != rows:
+            problems.append(f"unique_processed {accepted} != {rows} rows in events")
+        if sum(kept.values()) != rows:
+            problems.append(f"topic counts sum to {sum(kept.values())}, events has {rows} rows")
+        for topic in sorted(set(kept) | set(actual)):
+            if kept.get(topic, 0) != actual.get(topic, 0):
+                problems.append(
+                    f"topic {topic!r}: counted {kept.get(topic, 0)}, stored {actual.get(topic, 0)}"
+                )
+        return result
+
+
+def _row_key(row: tuple[Any, ...]) -> tuple[str, str]:
+    return (row[0], row[1])
+
+
+def open_store(location: str, *, create: bool = True) -> SQLiteStore:
+    """Open the store named by `--db`: a SQLite file path."""
+    return SQLiteStore.open(location, create=create)
