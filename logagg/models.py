@@ -1,32 +1,43 @@
-"""The event, and decoding one input line into an `Event` or a `Reject`.
+"""The event, and decoding one input line into an `EventRow` or a `Reject`.
 
 Rules (README "The event"): topic, event_id and source are strings of 1..255 characters;
 timestamp is an ISO-8601 / RFC 3339 string, stored as UTC with microseconds
 (`2025-01-01T12:00:00.000000Z`, so that text order is time order; no offset means UTC);
 payload is an optional JSON object, stored whole. Unknown top-level fields are kept
 (column `extra`) and returned at the top level, so nothing a producer sent is lost.
+
+`Event` is the schema, validated by Pydantic straight from the JSON bytes; a valid line
+becomes an `EventRow` at once (JSON fields as text), which is what the pipeline carries
+and the store writes: small, and free of per-event Python objects.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import datetime
+from typing import (
+    Annotated,
+    Any,
+    NamedTuple,
+    NotRequired,  # pydantic needs these on 3.11
+)
 
 import orjson
 import pydantic_core
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
-    Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
+    with_config,
 )
+from typing_extensions import TypedDict
 
 MAX_NAME = 255
 REJECT_RAW_LIMIT = 64 * 1024  # bytes of a rejected line kept in the rejects file
+FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
 
 
 def normalize_timestamp(value: str) -> str:
@@ -37,8 +48,11 @@ def normalize_timestamp(value: str) -> str:
     """
     try:
         moment = datetime.fromisoformat(value)
-        if moment.tzinfo is not None and moment.utcoffset():
-            moment = moment.astimezone(UTC)
+        if len(value) == 27 and value[26] == "Z" and value[19] == ".":
+            return value  # already in the stored form, and a valid time
+        offset = moment.utcoffset()
+        if offset:
+            moment -= offset
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"not an ISO-8601 time: {value[:64]!r} ({exc})") from None
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -48,29 +62,45 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Timestamp = Annotated[str, AfterValidator(normalize_timestamp)]
 
 
-class Event(BaseModel):
+@with_config(ConfigDict(strict=True, extra="allow"))
+class Event(TypedDict):
     """One event. Identity is `(topic, event_id)`; the first copy stored wins."""
-
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
     topic: Name
     event_id: Name
     timestamp: Timestamp
     source: Name
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: NotRequired[dict[str, Any]]
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.topic, self.event_id)
 
-    def payload_json(self) -> str:
-        """The payload as compact JSON text."""
-        return encode_json(self.payload)
+EVENT = TypeAdapter(Event)
 
-    def extra_json(self) -> str | None:
-        """Unknown top-level fields as compact JSON text, or None when there are none."""
-        extra = self.model_extra
-        return encode_json(extra) if extra else None
+
+class EventRow(NamedTuple):
+    """A validated event as stored: timestamp normalised, payload and extra as JSON text."""
+
+    topic: str
+    event_id: str
+    timestamp: str
+    source: str
+    payload: str
+    extra: str | None
+
+
+def to_row(event: dict[str, Any]) -> EventRow:
+    """The row of a validated event; fields beyond the five known ones go to `extra`."""
+    payload = event.get("payload")
+    extra = None
+    if len(event) > (5 if payload is not None else 4):
+        extra = encode_json({k: v for k, v in event.items() if k not in FIELDS})
+    return EventRow(
+        event["topic"],
+        event["event_id"],
+        event["timestamp"],
+        event["source"],
+        encode_json(payload) if payload else "{}",
+        extra,
+    )
 
 
 def encode_json(value: Any) -> str:
@@ -105,10 +135,10 @@ def raw_text(raw: bytes) -> str:
     return text
 
 
-def decode_line(raw: bytes, source: str, line: int) -> Event | Reject:
-    """Validate one JSON line (no newline) into an Event, or explain why not in a Reject."""
+def decode_line(raw: bytes, source: str, line: int) -> EventRow | Reject:
+    """Validate one JSON line (no newline) into an EventRow, or explain why not in a Reject."""
     try:
-        event = Event.model_validate_json(raw)
+        event = EVENT.validate_json(raw)
     except ValidationError as exc:
         return Reject(source, line, describe(exc), raw_text(raw))
     # The JSON parser accepts NaN and Infinity; they are not JSON and would make the
@@ -119,13 +149,13 @@ def decode_line(raw: bytes, source: str, line: int) -> Event | Reject:
         except ValueError:
             reason = "invalid JSON: NaN and Infinity are not JSON"
             return Reject(source, line, reason, raw_text(raw))
-    return event
+    return to_row(event)
 
 
-def event_from_fields(**fields: Any) -> Event:
+def event_from_fields(**fields: Any) -> EventRow:
     """Validate an event given as Python values (for `publish`); raises ValueError."""
     try:
-        return Event.model_validate(fields)
+        return to_row(EVENT.validate_python(fields))
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
 
@@ -139,7 +169,7 @@ def describe(exc: ValidationError) -> str:
         if kind == "json_invalid":
             detail = str(err.get("ctx", {}).get("error", err["msg"]))
             parts.append("invalid JSON: " + detail.replace(" at line 1 column ", " at column "))
-        elif kind in ("model_type", "model_attributes_type") and not loc:
+        elif kind in ("dict_type", "model_type", "model_attributes_type") and not loc:
             parts.append(f"expected a JSON object, got {json_type(err['input'])}")
         elif kind == "missing":
             parts.append(f"missing field '{loc}'")

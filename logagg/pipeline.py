@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import SourceError, StoreError
-from logagg.models import Event, Reject, decode_line, raw_text
+from logagg.models import EventRow, Reject, decode_line, raw_text
 from logagg.sources import Source, read_chunks
 from logagg.store import SQLiteStore
 
@@ -66,7 +66,7 @@ class IngestReport:
 
 @dataclass(slots=True)
 class _Batch:
-    events: list[Event]
+    events: list[EventRow]
     invalid: int
 
 
@@ -97,7 +97,7 @@ class _Consumer(threading.Thread):
             self.error = exc
 
     def _loop(self) -> None:
-        pending: list[Event] = []
+        pending: list[EventRow] = []
         invalid = 0
         deadline: float | None = None
         size, interval = self.options.batch_size, self.options.flush_interval
@@ -119,7 +119,7 @@ class _Consumer(threading.Thread):
                 self._commit(pending, invalid)
                 pending, invalid, deadline = [], 0, None
 
-    def _commit(self, events: list[Event], invalid: int) -> None:
+    def _commit(self, events: list[EventRow], invalid: int) -> None:
         size = self.options.batch_size
         for start in range(0, max(len(events), 1), size):
             part = events[start : start + size]
@@ -200,11 +200,11 @@ def ingest(
 def _decode(
     chunk: Any, name: str, limit: int, on_reject: Callable[[Reject], None] | None
 ) -> _Batch:
-    events: list[Event] = []
+    events: list[EventRow] = []
     invalid = 0
     for line_no, raw in chunk.lines:
         item = decode_line(raw, name, line_no)
-        if type(item) is Event:
+        if type(item) is EventRow:
             events.append(item)
         else:
             invalid += 1

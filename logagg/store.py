@@ -9,6 +9,7 @@ same IMMEDIATE transaction as the rows, so they agree with them even after `kill
 from __future__ import annotations
 
 import heapq
+import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -18,11 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import Event, StoredEvent
+from logagg.models import EventRow, StoredEvent
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 60.0
 CACHE_KIB = 64 * 1024
+_KEY = operator.itemgetter(0, 1)  # (topic, event_id) of a row
 MERGE_MAX_TOPICS = 64  # above this many topics an unfiltered listing sorts instead of merging
 
 _V1 = """
@@ -265,19 +267,16 @@ class SQLiteStore:
 
     # --- writing -------------------------------------------------------------------------
 
-    def write_batch(self, events: Sequence[Event], invalid: int = 0) -> BatchResult:
+    def write_batch(self, events: Sequence[EventRow], invalid: int = 0) -> BatchResult:
         """Insert `events` and count `invalid` rejected lines, all in one transaction.
 
         Within the batch and against the store, the first copy of a key wins.
         """
         now = utc_now()
-        rows = [
-            (e.topic, e.event_id, e.timestamp, e.source, e.payload_json(), e.extra_json(), now)
-            for e in events
-        ]
+        stamp = (now,)
         # Key order makes the primary-key B-tree writes local; the sort is stable, so the
         # first copy of a key inside the batch still comes first.
-        rows.sort(key=_row_key)
+        rows = [row + stamp for row in sorted(events, key=_KEY)]
         with self._write() as conn:
             before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
             conn.executemany(_INSERT, rows)
@@ -430,10 +429,6 @@ class SQLiteStore:
                     f"topic {topic!r}: counted {kept.get(topic, 0)}, stored {actual.get(topic, 0)}"
                 )
         return result
-
-
-def _row_key(row: tuple[Any, ...]) -> tuple[str, str]:
-    return (row[0], row[1])
 
 
 def open_store(location: str, *, create: bool = True) -> SQLiteStore:
