@@ -44,7 +44,7 @@ def choose_format(requested: Format | None, piped: Format) -> Format:
 def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def _binary_stdout() -> IO[bytes]:

@@ -108,30 +108,32 @@ class _Consumer(threading.Thread):
             except queue.Empty:
                 batch = None
             if batch is _END:
-                self._commit(pending, invalid)
+                while pending or invalid:
+                    pending, invalid = self._commit(pending, invalid)
                 return
             if batch is not None:
                 pending.extend(batch.events)
                 invalid += batch.invalid
                 if deadline is None:
                     deadline = time.monotonic() + interval
-            if deadline is not None and (len(pending) >= size or time.monotonic() >= deadline):
-                self._commit(pending, invalid)
-                pending, invalid, deadline = [], 0, None
+            while len(pending) >= size:
+                pending, invalid = self._commit(pending, invalid)
+            if deadline is not None and time.monotonic() >= deadline:
+                pending, invalid = self._commit(pending, invalid)
+                deadline = None
 
-    def _commit(self, events: list[EventRow], invalid: int) -> None:
+    def _commit(self, events: list[EventRow], invalid: int) -> tuple[list[EventRow], int]:
+        """Commit up to `batch_size` events and the invalid count; return what is left."""
         size = self.options.batch_size
-        for start in range(0, max(len(events), 1), size):
-            part = events[start : start + size]
-            if not part and not invalid:
-                return
+        part, rest = (events, []) if len(events) <= size else (events[:size], events[size:])
+        if part or invalid:
             result = self.store.write_batch(part, invalid)
-            invalid = 0
             r = self.report
             r.accepted += result.accepted
             r.duplicates += result.duplicates
             r.invalid += result.invalid
             r.received += result.accepted + result.duplicates + result.invalid
+        return rest, 0
 
 
 def _too_long(source: str, line: int, size: int, head: bytes, limit: int) -> Reject:

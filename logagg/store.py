@@ -9,7 +9,6 @@ same IMMEDIATE transaction as the rows, so they agree with them even after `kill
 from __future__ import annotations
 
 import heapq
-import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,6 @@ from logagg.models import EventRow, StoredEvent
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 60.0
 CACHE_KIB = 64 * 1024
-_KEY = operator.itemgetter(0, 1)  # (topic, event_id) of a row
 MERGE_MAX_TOPICS = 64  # above this many topics an unfiltered listing sorts instead of merging
 
 _V1 = """
@@ -64,8 +62,9 @@ _INSERT = (
     "INSERT INTO events (topic, event_id, timestamp, source, payload, extra, ingested_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO NOTHING"
 )
+# NOT INDEXED: read only the rows of this batch by rowid, never the topic index.
 _NEW_PER_TOPIC = (
-    "SELECT topic, count(*), min(timestamp), max(timestamp) FROM events"
+    "SELECT topic, count(*), min(timestamp), max(timestamp) FROM events NOT INDEXED"
     " WHERE rowid > ? GROUP BY topic"
 )
 _UPSERT_TOPIC = (
@@ -274,9 +273,7 @@ class SQLiteStore:
         """
         now = utc_now()
         stamp = (now,)
-        # Key order makes the primary-key B-tree writes local; the sort is stable, so the
-        # first copy of a key inside the batch still comes first.
-        rows = [row + stamp for row in sorted(events, key=_KEY)]
+        rows = [row + stamp for row in events]
         with self._write() as conn:
             before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
             conn.executemany(_INSERT, rows)
