@@ -1,0 +1,763 @@
+"""The logagg benchmark (`make bench`): logagg against sqlite-utils and a minimal floor.
+
+Every step runs whole child processes and measures wall time around each and its peak RSS
+(from `os.wait4`). Sizes and repeats come from environment variables whose defaults are
+the sizes of the benchmark (see bench/README.md), so a small run is, for example:
+
+    BENCH_EVENTS=20000 BENCH_BIG=50000 BENCH_REPEAT=1 BENCH_TRICKLE_SECONDS=3 make bench
+
+The results go to bench/RESULTS.md (its "What was tried" section is kept) and stdout.
+Exit status 1 when a tool stored a different number of rows than the input holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+
+# Targets of the benchmark issue ("Fast at scale").
+MIN_VS_SQLITE_UTILS = 4.5  # logagg events/s over sqlite-utils events/s
+MAX_VS_FLOOR = 1.25  # logagg wall time over the floor's wall time
+MIN_BIG_RATE = 0.75  # events/s at BENCH_BIG over events/s at BENCH_EVENTS
+MAX_RSS_MB = 160.0  # peak RSS of `logagg ingest`, in MB (10^6 bytes)
+MAX_RSS_GROWTH = 0.10  # peak RSS at BENCH_BIG within this share of that at BENCH_EVENTS
+MAX_QUERY_RATIO = 1.3  # stats / events on the big store over the same on an empty store
+MAX_TRICKLE_P99 = 0.5  # seconds from a line written to it being visible
+MAX_STARTUP_RATIO = 1.5  # `logagg --help` over `python -c "import typer"`
+
+WHAT_WAS_TRIED = "## What was tried"
+PLACEHOLDER = (
+    "_To be filled in by the maintainers: each change tried, what it did to the numbers"
+    " above, and whether it was kept._"
+)
+EVENTS_TOPIC = "topic.00"
+
+
+class BenchError(Exception):
+    """A step could not run (a child failed, a tool is missing)."""
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value.replace("_", "")) if value else default
+    except ValueError:
+        raise BenchError(f"{name}={value!r}: expected an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise BenchError(f"{name}={value!r}: expected a number") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What to run; every field has an environment variable (see `from_env`)."""
+
+    events: int = 1_000_000
+    big: int = 5_000_000
+    repeat: int = 3
+    big_repeat: int = 1
+    query_repeat: int = 7
+    startup_repeat: int = 10
+    trickle_seconds: float = 10.0
+    trickle_rate: float = 200.0
+    poll_seconds: float = 0.020
+    seed: int = 42
+    data: Path = HERE / "data"
+    results: Path = HERE / "RESULTS.md"
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Read BENCH_* variables; unset ones keep the benchmark's sizes."""
+        d = cls()
+        return cls(
+            events=_env_int("BENCH_EVENTS", d.events),
+            big=_env_int("BENCH_BIG", d.big),
+            repeat=max(1, _env_int("BENCH_REPEAT", d.repeat)),
+            big_repeat=max(1, _env_int("BENCH_BIG_REPEAT", d.big_repeat)),
+            query_repeat=max(1, _env_int("BENCH_QUERY_REPEAT", d.query_repeat)),
+            startup_repeat=max(1, _env_int("BENCH_STARTUP_REPEAT", d.startup_repeat)),
+            trickle_seconds=_env_float("BENCH_TRICKLE_SECONDS", d.trickle_seconds),
+            trickle_rate=_env_float("BENCH_TRICKLE_RATE", d.trickle_rate),
+            poll_seconds=_env_float("BENCH_POLL_MS", d.poll_seconds * 1000) / 1000,
+            seed=_env_int("BENCH_SEED", d.seed),
+            data=Path(os.environ.get("BENCH_DATA") or d.data),
+            results=Path(os.environ.get("BENCH_RESULTS") or d.results),
+        )
+
+    def overrides(self) -> str:
+        """The BENCH_* settings that differ from the defaults, as shell assignments."""
+        d = Config()
+        names = {
+            "events": "BENCH_EVENTS",
+            "big": "BENCH_BIG",
+            "repeat": "BENCH_REPEAT",
+            "big_repeat": "BENCH_BIG_REPEAT",
+            "query_repeat": "BENCH_QUERY_REPEAT",
+            "startup_repeat": "BENCH_STARTUP_REPEAT",
+            "trickle_seconds": "BENCH_TRICKLE_SECONDS",
+            "trickle_rate": "BENCH_TRICKLE_RATE",
+            "seed": "BENCH_SEED",
+        }
+        parts = [
+            f"{env}={_plain(getattr(self, attr))}"
+            for attr, env in names.items()
+            if getattr(self, attr) != getattr(d, attr)
+        ]
+        if self.poll_seconds != d.poll_seconds:
+            parts.append(f"BENCH_POLL_MS={_plain(self.poll_seconds * 1000)}")
+        return " ".join(parts)
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# --- child processes --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One finished child: wall seconds, peak RSS in KiB, what it printed."""
+
+    wall: float
+    rss_kib: int
+    stdout: str
+    stderr: str
+
+
+def _tool(name: str) -> str:
+    """The executable `name` of this virtualenv, else the one on PATH."""
+    local = BIN / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise BenchError(f"{name}: not installed (make bench installs '.[dev,bench]')")
+    return found
+
+
+def log(message: str) -> None:
+    """Progress on stderr."""
+    sys.stderr.write(f"[bench] {message}\n")
+    sys.stderr.flush()
+
+
+def _reap(proc: subprocess.Popen[bytes], started: float) -> tuple[float, int]:
+    """Wait for `proc` with `wait4`: its wall time since `started` and peak RSS in KiB."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss
+
+
+def _read(stream: IO[bytes]) -> str:
+    stream.seek(0)
+    return stream.read().decode("utf-8", "replace")
+
+
+def run_child(argv: Sequence[str], *, stdout: Path | None = None) -> Run:
+    """Run `argv` to completion as a child process; raise BenchError if it fails."""
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+        sink = open(stdout, "wb") if stdout else out  # noqa: SIM115 - closed below
+        try:
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=err, cwd=ROOT
+            )
+            wall, rss = _reap(proc, started)
+        finally:
+            if stdout:
+                sink.close()
+        text, errors = _read(out), _read(err)
+    if proc.returncode != 0:
+        tail = "\n".join(errors.strip().splitlines()[-15:])
+        raise BenchError(f"{' '.join(map(str, argv))}: exit {proc.returncode}\n{tail}")
+    return Run(wall, rss, text, errors)
+
+
+def fresh(db: Path) -> Path:
+    """`db` with no database file (nor its -wal and -shm) left from before."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    return db
+
+
+def count_rows(db: Path) -> int:
+    """Rows in the `events` table of `db`, read with a read-only connection."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def events_shape(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[str, ...]]]:
+    """The `events` table's columns (name, type, not null, pk) and its indexes' columns."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        columns = [tuple(r[1:4]) + (r[5],) for r in conn.execute("PRAGMA table_info(events)")]
+        indexes = sorted(
+            tuple(c[2] for c in conn.execute(f"PRAGMA index_info('{r[1]}')"))
+            for r in conn.execute("PRAGMA index_list(events)")
+        )
+        return columns, indexes
+    finally:
+        conn.close()
+
+
+# --- statistics -------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The nearest-rank `p`-th percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# --- steps ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything measured, and every mismatch found on the way."""
+
+    machine: str = ""
+    lines: int = 0
+    unique: int = 0
+    gen_seconds: float = 0.0
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    big_lines: int = 0
+    big_unique: int = 0
+    big_runs: list[Run] = field(default_factory=list)
+    big_rows: list[int] = field(default_factory=list)
+    queries: dict[str, tuple[float, float]] = field(default_factory=dict)
+    trickle: dict[str, float] = field(default_factory=dict)
+    startup: tuple[float, float] | None = None
+    mismatches: list[str] = field(default_factory=list)
+
+    def mismatch(self, message: str) -> None:
+        self.mismatches.append(message)
+        bar = "!" * 78
+        sys.stderr.write(f"{bar}\n[bench] MISMATCH: {message}\n{bar}\n")
+
+
+def generate(cfg: Config, count: int, name: str, *extra: str) -> tuple[Path, int, float]:
+    """Write `count` events with `logagg gen`; return the file, unique count and seconds."""
+    cfg.data.mkdir(parents=True, exist_ok=True)
+    path = cfg.data / f"{name}-{count}.jsonl"
+    argv = [sys.executable, "-m", "logagg", "gen", str(count), "--seed", str(cfg.seed), *extra]
+    run = run_child(argv, stdout=path)
+    found = re.search(r"(\d+) unique", run.stderr)
+    if not found:
+        raise BenchError(f"logagg gen: no unique count on stderr: {run.stderr.strip()!r}")
+    return path, int(found.group(1)), run.wall
+
+
+def machine_line() -> str:
+    """CPU model, cores, memory, Python, SQLite, logagg version and commit, date."""
+    cpu = platform.processor() or platform.machine()
+    memory = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemTotal:"):
+                    memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB RAM"
+                    break
+    except OSError:
+        pass
+    try:
+        version = metadata.version("logagg")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " + uncommitted changes"
+    parts = [
+        cpu,
+        f"{os.cpu_count()} cores",
+        memory,
+        f"Python {platform.python_version()}",
+        f"SQLite {sqlite3.sqlite_version}",
+        f"logagg {version}" + (f" ({commit})" if commit else ""),
+        datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    ]
+    return " · ".join(p for p in parts if p)
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return done.stdout.strip()
+
+
+TOOLS = ("logagg", "sqlite-utils", "floor")
+
+
+def tool_argv(tool: str, source: Path, db: Path) -> list[str]:
+    """The command that stores `source` into `db` with `tool`."""
+    if tool == "logagg":
+        return [_tool("logagg"), "ingest", "--quiet", "--json", "--db", str(db), str(source)]
+    if tool == "sqlite-utils":
+        return [
+            _tool("sqlite-utils"),
+            "insert",
+            str(db),
+            "events",
+            str(source),
+            "--nl",
+            "--pk",
+            "topic",
+            "--pk",
+            "event_id",
+            "--ignore",
+        ]
+    return [sys.executable, str(HERE / "floor.py"), str(source), str(db)]
+
+
+def check_report(out: Outcome, run: Run, lines: int, unique: int) -> None:
+    """`logagg ingest --json` must report every line received and the unique count kept."""
+    try:
+        report = json.loads(run.stdout)
+    except ValueError:
+        out.mismatch(f"logagg ingest --json printed no JSON report: {run.stdout[:200]!r}")
+        return
+    if report.get("received") != lines or report.get("accepted") != unique:
+        out.mismatch(
+            f"logagg ingest reported received={report.get('received')}"
+            f" accepted={report.get('accepted')}, input has {lines} lines, {unique} unique"
+        )
+
+
+def compare(cfg: Config, out: Outcome, source: Path) -> None:
+    """Alternate logagg, sqlite-utils and the floor `cfg.repeat` times on `source`."""
+    stores = cfg.data / "stores"
+    stores.mkdir(parents=True, exist_ok=True)
+    for tool in TOOLS:
+        out.runs[tool], out.rows[tool] = [], []
+    for round_no in range(1, cfg.repeat + 1):
+        for tool in TOOLS:
+            db = fresh(stores / f"{tool}.db")
+            run = run_child(tool_argv(tool, source, db))
+            rows = count_rows(db)
+            out.runs[tool].append(run)
+            out.rows[tool].append(rows)
+            log(
+                f"round {round_no}/{cfg.repeat} {tool}: {run.wall:.2f} s,"
+                f" {run.rss_kib / 1024:.0f} MiB, {rows} rows"
+            )
+            if rows != out.unique:
+                out.mismatch(f"{tool} stored {rows} rows, the input has {out.unique} unique")
+            if tool == "logagg":
+                check_report(out, run, out.lines, out.unique)
+        if round_no == 1:
+            reference = events_shape(stores / "logagg.db")
+            if events_shape(stores / "floor.db") != reference:
+                out.mismatch("bench/floor.py's events table differs from logagg's store")
+        for tool in TOOLS:
+            fresh(stores / f"{tool}.db")
+
+
+def big_ingest(cfg: Config, out: Outcome, source: Path) -> Path:
+    """`logagg ingest` of the big input, `cfg.big_repeat` times; returns the last store."""
+    db = cfg.data / "stores" / "big.db"
+    for n in range(1, cfg.big_repeat + 1):
+        run = run_child(tool_argv("logagg", source, fresh(db)))
+        rows = count_rows(db)
+        out.big_runs.append(run)
+        out.big_rows.append(rows)
+        log(f"big {n}/{cfg.big_repeat} logagg: {run.wall:.2f} s, {run.rss_kib / 1024:.0f} MiB")
+        if rows != out.big_unique:
+            out.mismatch(f"logagg stored {rows} rows of {out.big_unique} unique (big input)")
+        check_report(out, run, out.big_lines, out.big_unique)
+    return db
+
+
+def queries(cfg: Config, out: Outcome, big: Path) -> None:
+    """`stats` and `events --limit 100` on the big store against an empty store."""
+    logagg = _tool("logagg")
+    empty = fresh(cfg.data / "stores" / "empty.db")
+    run_child([logagg, "ingest", "/dev/null", "--quiet", "--db", str(empty)])
+    commands = {
+        "stats --json": ["stats", "--json"],
+        f"events --topic {EVENTS_TOPIC} --limit 100 --format jsonl": [
+            "events",
+            "--topic",
+            EVENTS_TOPIC,
+            "--limit",
+            "100",
+            "--format",
+            "jsonl",
+        ],
+    }
+    conn = sqlite3.connect(f"file:{big}?mode=ro", uri=True)
+    try:
+        in_topic = conn.execute(
+            "SELECT count(*) FROM events WHERE topic = ?", (EVENTS_TOPIC,)
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    expected = min(100, in_topic)
+    for name, args in commands.items():
+        walls: dict[Path, list[float]] = {big: [], empty: []}
+        for n in range(cfg.query_repeat + 1):
+            for db in (big, empty):
+                run = run_child([logagg, *args, "--db", str(db)])
+                if n:  # the first round warms the page cache and is not counted
+                    walls[db].append(run.wall)
+                if name.startswith("events") and db == big:
+                    listed = len(run.stdout.splitlines())
+                    if listed != expected:
+                        out.mismatch(
+                            f"logagg {name} listed {listed} events on the big store,"
+                            f" expected {expected}"
+                        )
+        out.queries[name] = (median(walls[big]), median(walls[empty]))
+        log(f"{name}: {_ms(out.queries[name][0])} vs {_ms(out.queries[name][1])}")
+    fresh(empty)
+
+
+def trickle(cfg: Config, out: Outcome) -> None:
+    """Lines written into `logagg ingest -` at a steady rate; time until each is visible."""
+    count = max(1, int(cfg.trickle_seconds * cfg.trickle_rate))
+    source, _, _ = generate(cfg, count + 1, "trickle", "--dup-rate", "0")
+    lines = source.read_bytes().splitlines(keepends=True)
+    source.unlink()
+    ids = [json.loads(line)["event_id"] for line in lines]
+    logagg = _tool("logagg")
+    db = fresh(cfg.data / "stores" / "trickle.db")
+    run_child([logagg, "ingest", "/dev/null", "--quiet", "--db", str(db)])
+
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def reader() -> None:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+        last = 0
+        try:
+            while True:
+                final = stop.is_set()
+                rows = conn.execute(
+                    "SELECT rowid, event_id FROM events WHERE rowid > ? ORDER BY rowid", (last,)
+                ).fetchall()
+                now = time.monotonic()
+                for rowid, event_id in rows:
+                    seen.setdefault(event_id, now)
+                    last = rowid
+                if final or len(seen) >= len(ids):
+                    return
+                time.sleep(cfg.poll_seconds)
+        finally:
+            conn.close()
+
+    watcher = threading.Thread(target=reader, name="bench-reader", daemon=True)
+    watcher.start()
+    written: dict[str, float] = {}
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [logagg, "ingest", "-", "--quiet", "--db", str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            bufsize=0,
+            cwd=ROOT,
+        )
+        assert proc.stdin is not None
+        pipe = proc.stdin.fileno()
+        try:
+            # A first event shows that logagg has started and reads the pipe.
+            os.write(pipe, lines[0])
+            deadline = time.monotonic() + 30
+            while ids[0] not in seen and time.monotonic() < deadline and watcher.is_alive():
+                time.sleep(0.005)
+            if ids[0] not in seen:
+                raise BenchError("trickle: logagg ingest - stored nothing within 30 s")
+            interval = 1 / cfg.trickle_rate
+            begin = time.monotonic()
+            for n, line in enumerate(lines[1:]):
+                delay = begin + n * interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                os.write(pipe, line)
+                written[ids[n + 1]] = time.monotonic()
+        finally:
+            proc.stdin.close()
+            _reap(proc, started)
+            watcher.join(timeout=2.0)
+            stop.set()
+            watcher.join()
+        if proc.returncode != 0:
+            raise BenchError(f"trickle: logagg ingest - exit {proc.returncode}: {_read(err)}")
+    latencies = [seen[i] - t for i, t in written.items() if i in seen]
+    missing = len(written) - len(latencies)
+    if missing:
+        out.mismatch(f"trickle: {missing} of {len(written)} events never became visible")
+    if latencies:
+        out.trickle = {
+            "events": float(len(written)),
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+            "max": max(latencies),
+        }
+        log(f"trickle: p50 {_ms(out.trickle['p50'])}, p99 {_ms(out.trickle['p99'])}")
+    fresh(db)
+
+
+def startup(cfg: Config, out: Outcome) -> None:
+    """`logagg --help` against `python -c "import typer"`, alternated."""
+    help_argv = [_tool("logagg"), "--help"]
+    typer_argv = [sys.executable, "-c", "import typer"]
+    walls: tuple[list[float], list[float]] = ([], [])
+    for n in range(cfg.startup_repeat + 1):
+        for argv, into in ((help_argv, walls[0]), (typer_argv, walls[1])):
+            run = run_child(argv)
+            if n:  # the first round warms the page cache and is not counted
+                into.append(run.wall)
+    out.startup = (median(walls[0]), median(walls[1]))
+    log(f"start-up: {_ms(out.startup[0])} vs {_ms(out.startup[1])}")
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:.0f}"
+
+
+def _n(count: int) -> str:
+    return f"{count:,}".replace(",", " ")
+
+
+def render(cfg: Config, out: Outcome) -> str:
+    """RESULTS.md without its "What was tried" section."""
+    issue_sizes = cfg.events == Config.events and cfg.big == Config.big
+    command = f"{cfg.overrides()} make bench".strip()
+    md: list[str] = ["# Benchmark results", ""]
+    md += [f"Machine: {out.machine}", ""]
+    md += [f"Reproduce: `{command}`", ""]
+    if not issue_sizes:
+        md += [
+            "**Small run**: the targets are stated for 1 000 000 and 5 000 000 events;"
+            " at these sizes the verdicts are indicative only.",
+            "",
+        ]
+    if out.mismatches:
+        md += ["## Mismatches", ""] + [f"- **{m}**" for m in out.mismatches] + [""]
+
+    md += [
+        f"## Ingest of {_n(out.lines)} events ({_n(out.unique)} unique)",
+        "",
+        f"Input: `logagg gen {out.lines} --seed {cfg.seed}` (random UUID event ids,"
+        f" 10 topics, 20 % re-sends). Medians of {cfg.repeat} alternated runs, each a whole"
+        " process into a fresh database; peak RSS from `wait4`.",
+        "",
+        "| tool | events/s | wall s | peak RSS MiB | rows stored | events/s vs logagg |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    wall = {t: median([r.wall for r in out.runs[t]]) for t in TOOLS}
+    rate = {t: out.lines / wall[t] for t in TOOLS}
+    for tool in TOOLS:
+        rss = median([r.rss_kib for r in out.runs[tool]])
+        rows = sorted(set(out.rows[tool]))
+        stored = " / ".join(_n(r) for r in rows) + ("" if rows == [out.unique] else " ✗")
+        md.append(
+            f"| {tool} | {_n(round(rate[tool]))} | {wall[tool]:.2f} | {_mib(rss)} | {stored}"
+            f" | {rate[tool] / rate['logagg']:.2f} |"
+        )
+    vs_utils = rate["logagg"] / rate["sqlite-utils"]
+    vs_floor = wall["logagg"] / wall["floor"]
+    md += [
+        "",
+        "- logagg: `logagg ingest --quiet --json FILE` (full validation).",
+        "- sqlite-utils: `sqlite-utils insert DB events FILE --nl --pk topic --pk event_id"
+        " --ignore` (its table has no secondary index).",
+        "- floor: `python bench/floor.py FILE DB`: orjson + executemany `INSERT OR IGNORE`,"
+        " no validation, logagg's events schema, 50 000-event commits, 64 MiB cache, WAL,"
+        " `synchronous=NORMAL`.",
+        "",
+        "| ratio | value | target | result |",
+        "|---|---:|---|---|",
+        f"| logagg / sqlite-utils, events/s | {vs_utils:.2f} | ≥ {MIN_VS_SQLITE_UTILS}"
+        f" | {verdict(vs_utils >= MIN_VS_SQLITE_UTILS)} |",
+        f"| logagg / floor, wall time | {vs_floor:.2f} | ≤ {MAX_VS_FLOOR}"
+        f" | {verdict(vs_floor <= MAX_VS_FLOOR)} |",
+        "",
+        "Wall times of every run (s):",
+        "",
+    ]
+    for tool in TOOLS:
+        md.append(f"- {tool}: " + ", ".join(f"{r.wall:.2f}" for r in out.runs[tool]))
+    md += ["", "## Other measurements", ""]
+    md += ["| measurement | value | target | result |", "|---|---:|---|---|"]
+    rss_small = median([r.rss_kib for r in out.runs["logagg"]])
+    md.append(
+        f"| peak RSS, `logagg ingest` of {_n(out.lines)} events | {_mib(rss_small)} MiB"
+        f" | < {MAX_RSS_MB:.0f} MB | {verdict(rss_small * 1024 < MAX_RSS_MB * 1e6)} |"
+    )
+    if out.big_runs:
+        rss_big = median([r.rss_kib for r in out.big_runs])
+        big_wall = median([r.wall for r in out.big_runs])
+        big_rate = out.big_lines / big_wall
+        growth = rss_big / rss_small - 1
+        md += [
+            f"| peak RSS, `logagg ingest` of {_n(out.big_lines)} events | {_mib(rss_big)} MiB"
+            f" | < {MAX_RSS_MB:.0f} MB | {verdict(rss_big * 1024 < MAX_RSS_MB * 1e6)} |",
+            f"| peak RSS growth, {_n(out.lines)} → {_n(out.big_lines)} events | {growth:+.1%}"
+            f" | within ±{MAX_RSS_GROWTH:.0%} | {verdict(abs(growth) <= MAX_RSS_GROWTH)} |",
+            f"| events/s at {_n(out.big_lines)} ({_n(round(big_rate))}, {big_wall:.1f} s)"
+            f" / at {_n(out.lines)} ({_n(round(rate['logagg']))})"
+            f" | {big_rate / rate['logagg']:.2f} | ≥ {MIN_BIG_RATE}"
+            f" | {verdict(big_rate / rate['logagg'] >= MIN_BIG_RATE)} |",
+        ]
+    for name, (on_big, on_empty) in out.queries.items():
+        ratio = on_big / on_empty
+        md.append(
+            f"| `logagg {name}`: {_n(out.big_lines)}-event store {_ms(on_big)},"
+            f" empty {_ms(on_empty)} | {ratio:.2f}x | ≤ {MAX_QUERY_RATIO}x"
+            f" | {verdict(ratio <= MAX_QUERY_RATIO)} |"
+        )
+    if out.trickle:
+        t = out.trickle
+        label = (
+            f"trickle of {cfg.trickle_rate:g} events/s for {cfg.trickle_seconds:g} s"
+            f" ({t['events']:.0f} events) into `logagg ingest -`, written → visible"
+        )
+        md += [
+            f"| {label}: p50 | {_ms(t['p50'])} | | |",
+            f"| {label}: p99 (max {_ms(t['max'])}) | {_ms(t['p99'])}"
+            f" | < {MAX_TRICKLE_P99} s | {verdict(t['p99'] < MAX_TRICKLE_P99)} |",
+        ]
+    if out.startup:
+        on_help, on_typer = out.startup
+        ratio = on_help / on_typer
+        md.append(
+            f'| start-up: `logagg --help` {_ms(on_help)}, `python -c "import typer"`'
+            f" {_ms(on_typer)} | {ratio:.2f}x | ≤ {MAX_STARTUP_RATIO}x"
+            f" | {verdict(ratio <= MAX_STARTUP_RATIO)} |"
+        )
+    notes = []
+    if out.queries:
+        notes.append(f"Queries: medians of {cfg.query_repeat} alternated runs on each store.")
+    if out.startup:
+        notes.append(f"Start-up: medians of {cfg.startup_repeat} alternated runs.")
+    if out.queries or out.startup:
+        notes.append("Both after one uncounted warm-up round.")
+    if out.trickle:
+        notes.append(
+            f"Trickle: a reader polls the store every {_ms(cfg.poll_seconds)} through a"
+            " read-only connection; visible is when a poll first returns the event."
+        )
+    md += ["", " ".join(notes), ""]
+    return "\n".join(md)
+
+
+def write_results(cfg: Config, text: str) -> None:
+    """Write RESULTS.md, keeping the maintainers' "What was tried" section."""
+    tried = f"{WHAT_WAS_TRIED}\n\n{PLACEHOLDER}\n"
+    if cfg.results.exists():
+        previous = cfg.results.read_text()
+        at = previous.find(WHAT_WAS_TRIED)
+        if at >= 0:
+            tried = previous[at:]
+    cfg.results.parent.mkdir(parents=True, exist_ok=True)
+    cfg.results.write_text(text + "\n" + tried)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def bench(cfg: Config) -> Outcome:
+    """Run every step and return what was measured."""
+    out = Outcome(machine=machine_line())
+    log(out.machine)
+    source, out.unique, out.gen_seconds = generate(cfg, cfg.events, "events")
+    out.lines = cfg.events
+    log(f"generated {out.lines} events ({out.unique} unique) in {out.gen_seconds:.1f} s")
+    compare(cfg, out, source)
+    source.unlink()
+    if cfg.big > 0:
+        big_source, out.big_unique, seconds = generate(cfg, cfg.big, "events")
+        out.big_lines = cfg.big
+        log(f"generated {out.big_lines} events ({out.big_unique} unique) in {seconds:.1f} s")
+        big = big_ingest(cfg, out, big_source)
+        big_source.unlink()
+        queries(cfg, out, big)
+        fresh(big)
+    if cfg.trickle_seconds > 0:
+        trickle(cfg, out)
+    startup(cfg, out)
+    return out
+
+
+def main() -> int:
+    """Run the benchmark, write RESULTS.md, print it; 1 on a mismatch or failure."""
+    try:
+        cfg = Config.from_env()
+        out = bench(cfg)
+    except BenchError as exc:
+        sys.stderr.write(f"bench: error: {exc}\n")
+        return 1
+    text = render(cfg, out)
+    write_results(cfg, text)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    log(f"wrote {cfg.results}")
+    if out.mismatches:
+        log(f"{len(out.mismatches)} mismatch(es): see above")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
