@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl samples/resend.jsonl
-	-$(BIN)/logagg ingest --db $(DEMO_DB) --rejects demo-rejects.jsonl samples/bad.jsonl
+	$(BIN)/logagg ingest --db $(DEMO_DB) --rejects demo-rejects.jsonl samples/bad.jsonl
 	$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl
-	$(BIN)/logagg stats --db $(DEMO_DB)
+	$(BIN)/logagg stats --db $(DEMO_DB) --format table
 	$(BIN)/logagg events --db $(DEMO_DB) --topic user.login --limit 5 --format table
 	$(BIN)/logagg check --db $(DEMO_DB)
 

@@ -106,10 +106,12 @@ def _events_table(events: list[StoredEvent]) -> int:
 
     table = Table(show_edge=False, pad_edge=False)
     for name in ("timestamp", "topic", "event_id", "source"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("payload", overflow="ellipsis", no_wrap=True, max_width=60)
+        # The identifying columns keep their full width; the payload gets what is left.
+        widest = max((len(getattr(e, name)) for e in events), default=len(name))
+        table.add_column(name, no_wrap=True, min_width=min(max(widest, len(name)), 40))
+    table.add_column("payload", overflow="ellipsis", no_wrap=True, min_width=10)
     for e in events:
-        table.add_row(e.timestamp, e.topic, e.event_id, e.source, e.payload_json, style=None)
+        table.add_row(e.timestamp, e.topic, e.event_id, e.source, e.payload_json)
     con = console()
     con.print(table)
     if not events:
