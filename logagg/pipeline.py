@@ -82,12 +82,14 @@ class _Consumer(threading.Thread):
         inbox: queue.Queue[_Batch],
         options: IngestOptions,
         report: IngestReport,
+        stop: threading.Event,
     ) -> None:
         super().__init__(name="logagg-consumer", daemon=True)
         self.store = store
         self.inbox = inbox
         self.options = options
         self.report = report
+        self.stop = stop
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -95,6 +97,7 @@ class _Consumer(threading.Thread):
             self._loop()
         except BaseException as exc:  # handed to the reader, which re-raises it
             self.error = exc
+            self.stop.set()  # a reader waiting on a quiet pipe stops too
 
     def _loop(self) -> None:
         pending: list[EventRow] = []
@@ -165,7 +168,7 @@ def ingest(
     stop = stop or threading.Event()
     report = IngestReport()
     inbox: queue.Queue[_Batch] = queue.Queue(maxsize=options.queue_size)
-    consumer = _Consumer(store, inbox, options, report)
+    consumer = _Consumer(store, inbox, options, report, stop)
     started = time.monotonic()
     consumer.start()
 
