@@ -272,7 +272,7 @@ def publish(
     try:
         event = event_from_fields(
             topic=topic,
-            event_id=event_id or str(uuid.uuid4()),
+            event_id=str(uuid.uuid4()) if event_id is None else event_id,
             timestamp=timestamp or utc_now(),
             source=source,
             payload=body,

@@ -24,7 +24,6 @@ from typing import (
 )
 
 import orjson
-import pydantic_core
 from pydantic import (
     AfterValidator,
     ConfigDict,
@@ -38,6 +37,7 @@ from typing_extensions import TypedDict
 MAX_NAME = 255
 REJECT_RAW_LIMIT = 64 * 1024  # bytes of a rejected line kept in the rejects file
 FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
+NOT_FINITE = "invalid JSON: NaN, Infinity and numbers beyond the float range are not JSON"
 
 
 def normalize_timestamp(value: str) -> str:
@@ -48,14 +48,27 @@ def normalize_timestamp(value: str) -> str:
     """
     try:
         moment = datetime.fromisoformat(value)
-        if len(value) == 27 and value[26] == "Z" and value[19] == ".":
-            return value  # already in the stored form, and a valid time
+        if _is_stored_form(value):
+            return value
         offset = moment.utcoffset()
         if offset:
             moment -= offset
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"not an ISO-8601 time: {value[:64]!r} ({exc})") from None
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _is_stored_form(value: str) -> bool:
+    """True for `YYYY-MM-DDTHH:MM:SS.ffffffZ` (once fromisoformat accepted it)."""
+    return (
+        len(value) == 27
+        and value.isascii()
+        and value[4] == value[7] == "-"
+        and value[10] == "T"
+        and value[13] == value[16] == ":"
+        and value[19] == "."
+        and value[26] == "Z"
+    )
 
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
@@ -104,11 +117,18 @@ def to_row(event: dict[str, Any]) -> EventRow:
 
 
 def encode_json(value: Any) -> str:
-    """Compact JSON text; integers beyond 64 bits are kept exactly."""
+    """Compact JSON text; integers beyond 64 bits are kept exactly.
+
+    Raises ValueError for NaN, infinities and numbers beyond the float range: they are not
+    JSON, and storing them would change the data (orjson would write them as null).
+    """
     try:
-        return orjson.dumps(value).decode()
+        text = orjson.dumps(value)
     except TypeError:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if b"null" in text:
+        json.dumps(value, allow_nan=False)  # raises ValueError if a null was a NaN or inf
+    return text.decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,18 +158,11 @@ def raw_text(raw: bytes) -> str:
 def decode_line(raw: bytes, source: str, line: int) -> EventRow | Reject:
     """Validate one JSON line (no newline) into an EventRow, or explain why not in a Reject."""
     try:
-        event = EVENT.validate_json(raw)
+        return to_row(EVENT.validate_json(raw))
     except ValidationError as exc:
         return Reject(source, line, describe(exc), raw_text(raw))
-    # The JSON parser accepts NaN and Infinity; they are not JSON and would make the
-    # stored payload invalid, so a line that may hold them is parsed again strictly.
-    if b"NaN" in raw or b"Infinity" in raw:
-        try:
-            pydantic_core.from_json(raw, allow_inf_nan=False)
-        except ValueError:
-            reason = "invalid JSON: NaN and Infinity are not JSON"
-            return Reject(source, line, reason, raw_text(raw))
-    return to_row(event)
+    except ValueError:
+        return Reject(source, line, NOT_FINITE, raw_text(raw))
 
 
 def event_from_fields(**fields: Any) -> EventRow:
@@ -158,6 +171,8 @@ def event_from_fields(**fields: Any) -> EventRow:
         return to_row(EVENT.validate_python(fields))
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
+    except ValueError:
+        raise ValueError(NOT_FINITE) from None
 
 
 def describe(exc: ValidationError) -> str:

@@ -198,6 +198,8 @@ def _split(
                 partial += piece
                 piece = bytes(partial)
                 partial.clear()
+            if piece.endswith(b"\r"):
+                piece = piece[:-1]
             if len(piece) > max_line_bytes:
                 out.too_long.append((line_no, len(piece) + 1, piece[:HEAD_BYTES]))
             elif piece and not piece.isspace():
@@ -214,6 +216,6 @@ def _split(
     if skipping:
         yield Chunk(too_long=[(line_no + 1, skipping, head)])
     elif partial:
-        piece = bytes(partial)
-        if not piece.isspace():
+        piece = bytes(partial).removesuffix(b"\r")
+        if piece and not piece.isspace():
             yield Chunk(lines=[(line_no + 1, piece)])

@@ -202,7 +202,7 @@ class SQLiteStore:
     def _setup(self) -> None:
         conn = self._conn
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        self._check_version(version)
+        self._check_version(version)  # before anything changes a file that is not ours
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
@@ -213,11 +213,19 @@ class SQLiteStore:
             self._migrate()
 
     def _check_version(self, version: int) -> None:
+        """Refuse a store of a newer schema, and a SQLite file that is not a logagg store."""
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path}: store schema version {version} is newer than this logagg "
                 f"supports ({SCHEMA_VERSION}); upgrade logagg"
             )
+        if (
+            version == 0
+            and self._conn.execute(
+                "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchone()[0]
+        ):
+            raise SchemaVersionError(f"{self.path}: a SQLite database, but not a logagg store")
 
     def _migrate(self) -> None:
         with self._write():

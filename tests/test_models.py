@@ -1,0 +1,378 @@
+"""Decoding one line into an event row or a reject: fields, timestamps, payload and extras."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from logagg.models import (
+    MAX_NAME,
+    NOT_FINITE,
+    Event,
+    EventRow,
+    Reject,
+    decode_line,
+    describe,
+    event_from_fields,
+    normalize_timestamp,
+)
+
+DROP = object()  # a field value meaning "leave the field out"
+
+
+def line(**fields: Any) -> bytes:
+    """A JSON line of a valid event, with `fields` replaced (or dropped with DROP)."""
+    doc: dict[str, Any] = {
+        "topic": "user.login",
+        "event_id": "e1",
+        "timestamp": "2025-01-01T12:00:00Z",
+        "source": "auth",
+        "payload": {"user": "alice"},
+    }
+    for key, value in fields.items():
+        if value is DROP:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def accept(raw: bytes) -> EventRow:
+    result = decode_line(raw, "in.jsonl", 7)
+    assert isinstance(result, EventRow), result
+    return result
+
+
+def reject(raw: bytes) -> Reject:
+    result = decode_line(raw, "in.jsonl", 7)
+    assert isinstance(result, Reject), result
+    assert result.source == "in.jsonl"
+    assert result.line == 7
+    assert "\n" not in result.reason
+    return result
+
+
+# --- valid events ----------------------------------------------------------------------
+
+
+def test_valid_event_becomes_a_row() -> None:
+    """All five fields come through; the timestamp is normalised; no extra fields."""
+    row = accept(line())
+    assert row.topic == "user.login"
+    assert row.event_id == "e1"
+    assert row.timestamp == "2025-01-01T12:00:00.000000Z"
+    assert row.source == "auth"
+    assert json.loads(row.payload) == {"user": "alice"}
+    assert row.extra is None
+
+
+def test_payload_is_optional_and_defaults_to_an_empty_object() -> None:
+    row = accept(line(payload=DROP))
+    assert row.payload == "{}"
+    assert row.extra is None
+
+
+def test_empty_payload_is_kept_as_an_empty_object() -> None:
+    assert accept(line(payload={})).payload == "{}"
+
+
+def test_payload_keeps_key_order_nesting_and_unicode() -> None:
+    payload = {"z": 1, "a": [1.5, "x", None, True, {"k": "ümlaut ✓"}], "m": {"n": {"o": []}}}
+    row = accept(line(payload=payload))
+    decoded = json.loads(row.payload)
+    assert decoded == payload
+    assert list(decoded) == ["z", "a", "m"]
+
+
+def test_names_of_exactly_255_characters_are_accepted() -> None:
+    """The limit counts characters, not bytes."""
+    name = "é" * MAX_NAME
+    row = accept(line(topic=name, event_id=name, source=name))
+    assert (row.topic, row.event_id, row.source) == (name, name, name)
+
+
+# --- required fields -------------------------------------------------------------------
+
+REQUIRED = ("topic", "event_id", "timestamp", "source")
+
+
+@pytest.mark.parametrize("field", REQUIRED)
+def test_missing_required_field_is_rejected(field: str) -> None:
+    result = reject(line(**{field: DROP}))
+    assert result.reason == f"missing field '{field}'"
+
+
+@pytest.mark.parametrize("field", REQUIRED)
+def test_empty_required_field_is_rejected(field: str) -> None:
+    result = reject(line(**{field: ""}))
+    assert result.reason.startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("field", ["topic", "event_id", "source"])
+def test_name_over_255_characters_is_rejected(field: str) -> None:
+    result = reject(line(**{field: "x" * (MAX_NAME + 1)}))
+    assert result.reason.startswith(f"{field}: ")
+    assert "255" in result.reason
+
+
+@pytest.mark.parametrize("field", REQUIRED)
+@pytest.mark.parametrize("value", [42, 1.5, True, None, ["x"], {"x": 1}])
+def test_required_field_of_wrong_type_is_rejected(field: str, value: Any) -> None:
+    """Strings only: no number, boolean, null, array or object is coerced."""
+    result = reject(line(**{field: value}))
+    assert result.reason.startswith(f"{field}: ")
+
+
+def test_every_problem_is_named_up_to_three_then_counted() -> None:
+    result = reject(b"{}")
+    assert result.reason == (
+        "missing field 'topic'; missing field 'event_id'; missing field 'timestamp'; and 1 more"
+    )
+
+
+# --- whole-line problems ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [(b"[1, 2]", "array"), (b"5", "number"), (b'"text"', "string"), (b"null", "null")],
+)
+def test_top_level_value_that_is_not_an_object_is_rejected(raw: bytes, kind: str) -> None:
+    assert reject(raw).reason == f"expected a JSON object, got {kind}"
+
+
+@pytest.mark.parametrize("raw", [b'{"topic": ', b"{'topic': 'a'}", b"not json", b"{}}"])
+def test_invalid_json_is_rejected(raw: bytes) -> None:
+    result = reject(raw)
+    assert result.reason.startswith("invalid JSON: ")
+    assert result.raw == raw.decode()
+
+
+def test_invalid_utf8_is_rejected_and_kept_escaped() -> None:
+    result = reject(b'{"topic": "\xff"}')
+    assert result.reason.startswith("invalid JSON")
+    assert result.raw == '{"topic": "\\xff"}'
+
+
+def test_reject_to_dict_has_file_line_error_raw() -> None:
+    result = reject(b"[]")
+    assert result.to_dict() == {
+        "file": "in.jsonl",
+        "line": 7,
+        "error": "expected a JSON object, got array",
+        "raw": "[]",
+    }
+    assert result.location() == "in.jsonl:7"
+
+
+# --- payload ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", ["[1, 2]", "[]", "null", '"text"', "5", "true"])
+def test_payload_that_is_not_an_object_is_rejected(payload: str) -> None:
+    raw = line(payload=DROP)[:-1] + b', "payload": ' + payload.encode() + b"}"
+    assert reject(raw).reason.startswith("payload: ")
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_in_payload_are_rejected(token: str) -> None:
+    raw = line(payload=DROP)[:-1] + b', "payload": {"x": ' + token.encode() + b"}}"
+    assert reject(raw).reason == NOT_FINITE
+
+
+def test_nan_in_an_unknown_field_is_rejected() -> None:
+    raw = line()[:-1] + b', "score": NaN}'
+    assert "NaN" in reject(raw).reason
+
+
+def test_the_words_nan_and_infinity_inside_strings_are_fine() -> None:
+    row = accept(line(payload={"a": "NaN", "b": "Infinity"}, note="-Infinity"))
+    assert json.loads(row.payload) == {"a": "NaN", "b": "Infinity"}
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "18446744073709551616",  # 2**64
+        "-9223372036854775809",  # below int64
+        "123456789012345678901234567890123456789",
+    ],
+)
+def test_integers_beyond_64_bits_are_kept_exactly(number: str) -> None:
+    raw = line(payload=DROP)[:-1] + b', "payload": {"n": ' + number.encode() + b', "f": 1.5}}'
+    row = accept(raw)
+    assert row.payload == '{"n":' + number + ',"f":1.5}'
+
+
+def test_numbers_beyond_float_range_are_never_silently_changed() -> None:
+    """A number a float cannot hold is either rejected or stored as written, never as null."""
+    raw = line(payload=DROP)[:-1] + b', "payload": {"big": 1e400, "neg": -1e400}}'
+    result = decode_line(raw, "in.jsonl", 1)
+    if isinstance(result, EventRow):
+        assert "null" not in result.payload
+        assert json.loads(result.payload, parse_float=str) == {"big": "1e400", "neg": "-1e400"}
+
+
+# --- unknown top-level fields ----------------------------------------------------------
+
+
+def test_unknown_top_level_fields_are_kept_in_extra() -> None:
+    row = accept(line(host="web-1", tags=["a", 1], level={"n": 3}, big=2**70))
+    assert row.extra is not None
+    extra = json.loads(row.extra)
+    assert extra == {"host": "web-1", "tags": ["a", 1], "level": {"n": 3}, "big": 2**70}
+    assert json.loads(row.payload) == {"user": "alice"}
+
+
+def test_unknown_fields_without_payload_are_kept() -> None:
+    row = accept(line(payload=DROP, host="web-1"))
+    assert row.payload == "{}"
+    assert json.loads(row.extra or "null") == {"host": "web-1"}
+
+
+# --- timestamps ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2025-01-01T12:00:00Z", "2025-01-01T12:00:00.000000Z"),
+        ("2025-01-01T12:00:00+00:00", "2025-01-01T12:00:00.000000Z"),
+        ("2025-01-01T12:00:00-00:00", "2025-01-01T12:00:00.000000Z"),
+        ("2025-01-01T12:00:00", "2025-01-01T12:00:00.000000Z"),
+        ("2025-01-01T12:00:00+07:00", "2025-01-01T05:00:00.000000Z"),
+        ("2025-01-01T03:30:00+07:00", "2024-12-31T20:30:00.000000Z"),
+        ("2024-12-31T22:15:00-05:30", "2025-01-01T03:45:00.000000Z"),
+        ("2025-01-01T12:00:00.123456Z", "2025-01-01T12:00:00.123456Z"),
+        ("2025-01-01T12:00:00.000000Z", "2025-01-01T12:00:00.000000Z"),
+        ("2025-01-01T12:00:00.5+01:00", "2025-01-01T11:00:00.500000Z"),
+    ],
+)
+def test_timestamps_are_stored_as_the_same_instant_in_utc(given: str, stored: str) -> None:
+    assert normalize_timestamp(given) == stored
+    assert accept(line(timestamp=given)).timestamp == stored
+
+
+@pytest.mark.parametrize("digits", range(1, 10))
+def test_fractional_seconds_of_one_to_nine_digits(digits: int) -> None:
+    """Up to six digits are kept; more are truncated to microseconds."""
+    fraction = "123456789"[:digits]
+    expected = (fraction + "000000")[:6]
+    stored = normalize_timestamp(f"2025-06-30T23:59:59.{fraction}Z")
+    assert stored == f"2025-06-30T23:59:59.{expected}Z"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "2025-01-01 12:00:00.000000Z",  # space separator, otherwise the stored form
+        "2025-W01-3T12:00:00.000000Z",  # ISO week date
+        "2025-01-01 12:00:00Z",
+        "20250101T120000Z",
+    ],
+)
+def test_other_iso_spellings_are_stored_in_the_one_stored_form(given: str) -> None:
+    """Every accepted spelling becomes `YYYY-MM-DDTHH:MM:SS.ffffffZ`, so text order is time."""
+    assert normalize_timestamp(given) == "2025-01-01T12:00:00.000000Z"
+
+
+def test_stored_timestamps_sort_as_text_in_time_order() -> None:
+    given = [
+        "2025-01-01T12:00:00+07:00",  # 05:00Z
+        "2025-01-01T06:00:00Z",
+        "2025-01-01T04:59:59.999999",
+        "2025-01-01T05:00:00.5Z",
+        "2025-01-01 05:30:00.000000Z",
+    ]
+    stored = [normalize_timestamp(t) for t in given]
+    assert sorted(stored) == [stored[2], stored[0], stored[3], stored[4], stored[1]]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "2025-02-30T00:00:00Z",  # no such day
+        "2023-02-29T00:00:00Z",  # not a leap year
+        "2025-13-01T00:00:00Z",
+        "2025-00-10T00:00:00Z",
+        "2025-01-01T25:00:00Z",
+        "2025-01-01T12:60:00Z",
+        "2025-01-01T12:00:61Z",
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "yesterday",
+        "",
+        "1735732800",
+    ],
+)
+def test_impossible_or_unparseable_times_are_rejected(given: str) -> None:
+    with pytest.raises(ValueError, match="not an ISO-8601 time"):
+        normalize_timestamp(given)
+    result = reject(line(timestamp=given))
+    assert result.reason.startswith("timestamp: not an ISO-8601 time")
+
+
+def test_leap_day_is_accepted() -> None:
+    assert normalize_timestamp("2024-02-29T00:00:00Z") == "2024-02-29T00:00:00.000000Z"
+
+
+def test_timestamp_error_quotes_control_characters_on_one_line() -> None:
+    result = reject(line(timestamp="12:00\nnext"))
+    assert "\\n" in result.reason
+
+
+# --- event_from_fields and describe ----------------------------------------------------
+
+
+def test_event_from_fields_validates_python_values() -> None:
+    row = event_from_fields(
+        topic="deploy",
+        event_id="b-1",
+        timestamp="2025-01-01T12:00:00+02:00",
+        source="ci",
+        payload={"n": 2**80, "ok": True},
+    )
+    assert row.timestamp == "2025-01-01T10:00:00.000000Z"
+    assert row.payload == '{"n":' + str(2**80) + ',"ok":true}'
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"topic": 1}, "topic: "),
+        ({"topic": ""}, "topic: "),
+        ({"timestamp": "soon"}, "timestamp: not an ISO-8601 time"),
+        ({"payload": [1]}, "payload: "),
+    ],
+)
+def test_event_from_fields_raises_value_error_naming_the_field(
+    fields: dict[str, Any], message: str
+) -> None:
+    base = {"topic": "t", "event_id": "e", "timestamp": "2025-01-01T00:00:00Z", "source": "s"}
+    with pytest.raises(ValueError, match=message):
+        event_from_fields(**{**base, **fields})
+
+
+def test_describe_gives_one_line_naming_each_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(Event).validate_json(b'{"topic": 1, "event_id": "", "source": "s"}')
+    text = describe(info.value)
+    assert "\n" not in text
+    assert text.split("; ") == [
+        "topic: Input should be a valid string",
+        "event_id: String should have at least 1 character",
+        "missing field 'timestamp'",
+    ]
+
+
+def test_describe_counts_problems_beyond_three() -> None:
+    with pytest.raises(ValidationError) as info:
+        TypeAdapter(Event).validate_json(
+            b'{"topic": 1, "event_id": 2, "timestamp": 3, "source": 4, "payload": 5}'
+        )
+    text = describe(info.value)
+    assert text.count("; ") == 3
+    assert text.endswith("; and 2 more")

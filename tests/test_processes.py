@@ -1,0 +1,241 @@
+"""Real `logagg` processes: live pipes, signals, crashes and repeated or concurrent ingests."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import check_store, event, logagg_cmd, run_logagg, stats
+
+WAIT = 15.0  # the most a process may take to finish once it has been told to
+
+
+def encode(*docs: dict[str, Any] | str) -> bytes:
+    return "".join((d if isinstance(d, str) else json.dumps(d)) + "\n" for d in docs).encode()
+
+
+def stored_ids(db: Path) -> list[str] | None:
+    """Event ids listed by `logagg events` in another process; None if there is no store yet."""
+    proc = run_logagg("events", "--db", db, "--all", "--order", "asc", "--format", "jsonl")
+    if proc.returncode != 0:
+        return None
+    return [json.loads(line)["event_id"] for line in proc.stdout.decode().splitlines()]
+
+
+def wait_for_ids(db: Path, count: int, seconds: float = 5.0) -> list[str] | None:
+    """Poll `logagg events` until it lists `count` events or `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    found = stored_ids(db)
+    while (found is None or len(found) < count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        found = stored_ids(db)
+    return found
+
+
+def unread(fd: int) -> int:
+    """Bytes written to a pipe and not yet read by the process at the other end."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def wait_until_read(proc: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
+    """Wait until the process has read everything written to its stdin."""
+    assert proc.stdin is not None
+    deadline = time.monotonic() + seconds
+    while unread(proc.stdin.fileno()) and time.monotonic() < deadline:
+        assert proc.poll() is None, "ingest ended early"
+        time.sleep(0.01)
+    assert unread(proc.stdin.fileno()) == 0, "ingest did not read its input"
+
+
+@pytest.fixture
+def live() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test; any still running at the end are killed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=WAIT)
+
+
+def start_ingest(live: list[subprocess.Popen[bytes]], *args: str | Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        logagg_cmd("ingest", *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    live.append(proc)
+    return proc
+
+
+def send(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(data)
+    proc.stdin.flush()
+
+
+def test_live_pipe_events_are_visible_before_the_writer_closes(
+    db: Path, live: list[subprocess.Popen[bytes]]
+) -> None:
+    proc = start_ingest(live, "--db", db, "-")
+    send(proc, encode(event(1), event(2), "", event(3)))
+    assert wait_for_ids(db, 3) == ["e1", "e2", "e3"]
+    assert proc.poll() is None, "ingest ended although its input is still open"
+
+    send(proc, encode(event(4), event(2), "not json"))
+    assert wait_for_ids(db, 4) == ["e1", "e2", "e3", "e4"]
+    assert proc.poll() is None
+    check_store(db)
+
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, err.decode()
+    assert out == b""
+    report = err.decode()
+    for part in ("received 6", "accepted 4", "duplicates 1", "invalid 1"):
+        assert part in report
+    assert check_store(db)["unique_processed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_commits_what_was_read_prints_the_report_and_exits(
+    db: Path, live: list[subprocess.Popen[bytes]], signum: int, code: int
+) -> None:
+    """A long flush interval: nothing is committed before the signal, all of it after."""
+    proc = start_ingest(live, "--db", db, "--flush-interval", "60", "-")
+    send(proc, encode(*(event(n) for n in range(20)), event(3), "bad"))
+    wait_until_read(proc)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == code, err.decode()
+    assert out == b""
+    report = err.decode()
+    assert "Traceback" not in report
+    for part in ("received 22", "accepted 20", "duplicates 1", "invalid 1"):
+        assert part in report
+    doc = check_store(db)
+    assert (doc["received"], doc["unique_processed"], doc["invalid"]) == (22, 20, 1)
+    assert stored_ids(db) == [f"e{n}" for n in range(20)]
+
+
+def test_sigterm_with_json_prints_the_report_on_stdout(
+    db: Path, live: list[subprocess.Popen[bytes]]
+) -> None:
+    proc = start_ingest(live, "--db", db, "--json", "--flush-interval", "60", "-")
+    send(proc, encode(event(1), event(2)))
+    wait_until_read(proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 143, err.decode()
+    report = json.loads(out)
+    assert (report["received"], report["accepted"]) == (2, 2)
+    check_store(db)
+
+
+def test_a_signal_after_earlier_commits_keeps_everything(
+    db: Path, live: list[subprocess.Popen[bytes]]
+) -> None:
+    proc = start_ingest(live, "--db", db, "-")
+    send(proc, encode(event(1), event(2)))
+    assert wait_for_ids(db, 2) == ["e1", "e2"]
+    send(proc, encode(event(3)))
+    wait_until_read(proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 130, err.decode()
+    assert "received 3" in err.decode()
+    assert stored_ids(db) == ["e1", "e2", "e3"]
+    check_store(db)
+
+
+def generated(tmp_path: Path, count: int, seed: int) -> tuple[Path, int]:
+    """A file from `logagg gen` and its number of unique events."""
+    path = tmp_path / f"gen-{seed}.jsonl"
+    proc = run_logagg("gen", str(count), "--seed", str(seed), "--dup-rate", "0.3", timeout=60)
+    assert proc.returncode == 0
+    path.write_bytes(proc.stdout)
+    match = re.match(r"(\d+) unique events in (\d+) lines", proc.stderr.decode())
+    assert match and int(match.group(2)) == count
+    return path, int(match.group(1))
+
+
+def ingest_json(db: Path, *paths: Path) -> dict[str, Any]:
+    proc = run_logagg("ingest", "--db", db, "--json", *paths, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def test_two_ingests_of_the_same_file_the_second_accepts_nothing(db: Path, tmp_path: Path) -> None:
+    path, unique = generated(tmp_path, 5000, seed=1)
+    first = ingest_json(db, path)
+    assert (first["received"], first["accepted"]) == (5000, unique)
+    assert first["duplicates"] == 5000 - unique
+    assert check_store(db)["unique_processed"] == unique
+
+    second = ingest_json(db, path)
+    assert (second["received"], second["accepted"], second["duplicates"]) == (5000, 0, 5000)
+    doc = check_store(db)
+    assert (doc["received"], doc["unique_processed"]) == (10000, unique)
+    assert sum(stats(db)["topics"].values()) == unique
+
+
+def test_two_ingests_of_the_same_file_at_once_store_each_event_once(
+    db: Path, tmp_path: Path, live: list[subprocess.Popen[bytes]]
+) -> None:
+    """Two writers on one store: neither fails with 'database is locked', nothing is doubled."""
+    path, unique = generated(tmp_path, 20000, seed=2)
+    procs = []
+    for _ in range(2):
+        proc = subprocess.Popen(
+            logagg_cmd("ingest", "--db", db, "--json", "--batch-size", "500", path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        live.append(proc)
+        procs.append(proc)
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        reports.append(json.loads(out))
+    assert sum(r["accepted"] for r in reports) == unique
+    assert all(r["received"] == 20000 for r in reports)
+    doc = check_store(db)
+    assert (doc["received"], doc["unique_processed"]) == (40000, unique)
+
+
+def test_rerunning_after_kill_9_stores_every_event_exactly_once(
+    db: Path, tmp_path: Path, live: list[subprocess.Popen[bytes]]
+) -> None:
+    """A crash loses at most the uncommitted tail; sending everything again completes it."""
+    docs = [event(n, topic=f"t{n % 3}") for n in range(200)]
+    proc = start_ingest(live, "--db", db, "--flush-interval", "0.05", "-")
+    send(proc, encode(*docs[:120]))
+    committed = wait_for_ids(db, 120)
+    assert committed is not None and len(committed) == 120
+    send(proc, encode(*docs[120:150]))
+    proc.kill()
+    proc.communicate(timeout=WAIT)
+    check_store(db)
+
+    everything = tmp_path / "all.jsonl"
+    everything.write_bytes(encode(*docs))
+    report = ingest_json(db, everything)
+    assert report["accepted"] + report["duplicates"] == 200
+    doc = check_store(db)
+    assert doc["unique_processed"] == 200
+    assert stats(db)["topics"] == {"t0": 67, "t1": 67, "t2": 66}
