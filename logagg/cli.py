@@ -6,6 +6,7 @@ The core is imported inside the commands so that `logagg --help` starts quickly.
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -109,6 +110,7 @@ FormatOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 DEFAULT_DB = "logagg.db"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 @app.command()
@@ -174,7 +176,8 @@ def ingest(
         max_line_bytes=max_line_bytes,
     )
     try:
-        sink = open(rejects, "wb") if rejects else None  # noqa: SIM115
+        # Rejected lines are raw events: created like the store, never world-writable.
+        sink = os.fdopen(os.open(rejects, _CREATE, 0o644), "wb") if rejects else None
     except OSError as exc:
         raise UsageError(f"--rejects {rejects}: {exc.strerror}") from None
     printer = RejectPrinter(show=10, quiet=quiet, sink=sink)
@@ -207,10 +210,20 @@ def ingest(
         raise typer.Exit(ExitCode.DATA)
 
 
-def _parse_fields(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` gives a string, `key:=json` a JSON value (as in httpie)."""
+def _json_value(option: str, text: str) -> Any:
+    """Parse a JSON value given on the command line; a UsageError names the option."""
     import json
 
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{option}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{option}: JSON nested too deeply") from None
+
+
+def _parse_fields(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` gives a string, `key:=json` a JSON value (as in httpie)."""
     fields: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -218,10 +231,7 @@ def _parse_fields(pairs: list[str]) -> dict[str, Any]:
             raise UsageError(f"-p {pair}: expected key=value or key:=json")
         if key.endswith(":"):
             key = key[:-1]
-            try:
-                fields[key] = json.loads(value)
-            except ValueError as exc:
-                raise UsageError(f"-p {pair}: not valid JSON after ':=' ({exc})") from None
+            fields[key] = _json_value(f"-p {key}:=", value)
         else:
             fields[key] = value
         if not key:
@@ -254,18 +264,13 @@ def publish(
     json_: JsonOpt = False,
 ) -> None:
     """Record one event given on the command line (a duplicate is reported, not an error)."""
-    import json
-
     from logagg.models import event_from_fields
     from logagg.output import console, print_json
     from logagg.store import open_store, utc_now
 
     body: dict[str, Any] = {}
     if payload is not None:
-        try:
-            body = json.loads(payload)
-        except ValueError as exc:
-            raise UsageError(f"--payload: not valid JSON ({exc})") from None
+        body = _json_value("--payload", payload)
         if not isinstance(body, dict):
             raise UsageError("--payload: must be a JSON object")
     body.update(_parse_fields(field or []))

@@ -14,6 +14,7 @@ and the store writes: small, and free of per-event Python objects.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import (
@@ -155,14 +156,27 @@ def raw_text(raw: bytes) -> str:
     return text
 
 
+def decode_lines(
+    lines: Iterable[tuple[int, bytes]], source: str
+) -> tuple[list[EventRow], list[Reject]]:
+    """Validate numbered JSON lines (no newlines) into rows; explain the others in Rejects."""
+    rows: list[EventRow] = []
+    rejects: list[Reject] = []
+    validate, append = EVENT.validate_json, rows.append
+    for line, raw in lines:
+        try:
+            append(to_row(validate(raw)))
+        except ValidationError as exc:
+            rejects.append(Reject(source, line, describe(exc), raw_text(raw)))
+        except ValueError:
+            rejects.append(Reject(source, line, NOT_FINITE, raw_text(raw)))
+    return rows, rejects
+
+
 def decode_line(raw: bytes, source: str, line: int) -> EventRow | Reject:
     """Validate one JSON line (no newline) into an EventRow, or explain why not in a Reject."""
-    try:
-        return to_row(EVENT.validate_json(raw))
-    except ValidationError as exc:
-        return Reject(source, line, describe(exc), raw_text(raw))
-    except ValueError:
-        return Reject(source, line, NOT_FINITE, raw_text(raw))
+    rows, rejects = decode_lines([(line, raw)], source)
+    return rows[0] if rows else rejects[0]
 
 
 def event_from_fields(**fields: Any) -> EventRow:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import SourceError, StoreError
-from logagg.models import EventRow, Reject, decode_line, raw_text
-from logagg.sources import Source, read_chunks
+from logagg.models import EventRow, Reject, decode_lines, raw_text
+from logagg.sources import Chunk, Source, read_chunks
 from logagg.store import SQLiteStore
 
 PUT_POLL_SECONDS = 0.1
@@ -203,23 +203,14 @@ def ingest(
 
 
 def _decode(
-    chunk: Any, name: str, limit: int, on_reject: Callable[[Reject], None] | None
+    chunk: Chunk, name: str, limit: int, on_reject: Callable[[Reject], None] | None
 ) -> _Batch:
-    events: list[EventRow] = []
-    invalid = 0
-    for line_no, raw in chunk.lines:
-        item = decode_line(raw, name, line_no)
-        if type(item) is EventRow:
-            events.append(item)
-        else:
-            invalid += 1
-            if on_reject:
-                on_reject(item)
-    for line_no, size, head in chunk.too_long:
-        invalid += 1
-        if on_reject:
-            on_reject(_too_long(name, line_no, size, head, limit))
-    return _Batch(events, invalid)
+    rows, rejects = decode_lines(chunk.lines, name)
+    rejects.extend(_too_long(name, line, size, head, limit) for line, size, head in chunk.too_long)
+    if on_reject:
+        for reject in rejects:
+            on_reject(reject)
+    return _Batch(rows, len(rejects))
 
 
 def _raise_consumer_error(consumer: _Consumer) -> None:
