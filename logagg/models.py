@@ -14,7 +14,7 @@ and the store writes: small, and free of per-event Python objects.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import (
@@ -101,13 +101,15 @@ class EventRow(NamedTuple):
     extra: str | None
 
 
-def to_row(event: dict[str, Any]) -> EventRow:
-    """The row of a validated event; fields beyond the five known ones go to `extra`."""
+Row = tuple[str, str, str, str, str, str | None]  # an EventRow as a plain tuple
+
+
+def _row(event: dict[str, Any]) -> Row:
     payload = event.get("payload")
     extra = None
     if len(event) > (5 if payload is not None else 4):
         extra = encode_json({k: v for k, v in event.items() if k not in FIELDS})
-    return EventRow(
+    return (
         event["topic"],
         event["event_id"],
         event["timestamp"],
@@ -115,6 +117,29 @@ def to_row(event: dict[str, Any]) -> EventRow:
         encode_json(payload) if payload else "{}",
         extra,
     )
+
+
+def to_row(event: dict[str, Any]) -> EventRow:
+    """The row of a validated event; fields beyond the five known ones go to `extra`."""
+    return EventRow(*_row(event))
+
+
+@dataclass(frozen=True, slots=True)
+class RowBatch:
+    """Rows as one JSON array of `[topic, event_id, timestamp, source, payload, extra]`.
+
+    Compact to queue, and a store writes a whole batch in one statement.
+    """
+
+    json: str
+    count: int
+
+
+def encode_rows(rows: Sequence[Row] | Sequence[EventRow]) -> RowBatch:
+    """Encode rows (plain tuples or EventRows) for a store."""
+    if rows and type(rows[0]) is not tuple:
+        rows = [tuple(row) for row in rows]  # type: ignore[misc]
+    return RowBatch(orjson.dumps(rows).decode(), len(rows))
 
 
 def encode_json(value: Any) -> str:
@@ -156,16 +181,14 @@ def raw_text(raw: bytes) -> str:
     return text
 
 
-def decode_lines(
-    lines: Iterable[tuple[int, bytes]], source: str
-) -> tuple[list[EventRow], list[Reject]]:
+def decode_lines(lines: Iterable[tuple[int, bytes]], source: str) -> tuple[list[Row], list[Reject]]:
     """Validate numbered JSON lines (no newlines) into rows; explain the others in Rejects."""
-    rows: list[EventRow] = []
+    rows: list[Row] = []
     rejects: list[Reject] = []
     validate, append = EVENT.validate_json, rows.append
     for line, raw in lines:
         try:
-            append(to_row(validate(raw)))
+            append(_row(validate(raw)))
         except ValidationError as exc:
             rejects.append(Reject(source, line, describe(exc), raw_text(raw)))
         except ValueError:
@@ -176,7 +199,7 @@ def decode_lines(
 def decode_line(raw: bytes, source: str, line: int) -> EventRow | Reject:
     """Validate one JSON line (no newline) into an EventRow, or explain why not in a Reject."""
     rows, rejects = decode_lines([(line, raw)], source)
-    return rows[0] if rows else rejects[0]
+    return EventRow(*rows[0]) if rows else rejects[0]
 
 
 def event_from_fields(**fields: Any) -> EventRow:

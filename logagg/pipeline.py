@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import SourceError, StoreError
-from logagg.models import EventRow, Reject, decode_lines, raw_text
+from logagg.models import Reject, RowBatch, decode_lines, encode_rows, raw_text
 from logagg.sources import Chunk, Source, read_chunks
 from logagg.store import SQLiteStore
 
@@ -33,7 +33,7 @@ class IngestOptions:
 
     batch_size: int = 50_000
     flush_interval: float = 0.2
-    queue_size: int = 8
+    queue_size: int = 16
     max_line_bytes: int = 1 << 20
 
 
@@ -66,7 +66,9 @@ class IngestReport:
 
 @dataclass(slots=True)
 class _Batch:
-    events: list[EventRow]
+    """What the reader makes of one chunk: encoded rows and a count of rejected lines."""
+
+    rows: list[RowBatch]
     invalid: int
 
 
@@ -91,6 +93,10 @@ class _Consumer(threading.Thread):
         self.report = report
         self.stop = stop
         self.error: BaseException | None = None
+        self._pending: list[RowBatch] = []
+        self._count = 0  # events in _pending
+        self._invalid = 0
+        self._deadline: float | None = None  # when the oldest pending item must be committed
 
     def run(self) -> None:
         try:
@@ -100,43 +106,42 @@ class _Consumer(threading.Thread):
             self.stop.set()  # a reader waiting on a quiet pipe stops too
 
     def _loop(self) -> None:
-        pending: list[EventRow] = []
-        invalid = 0
-        deadline: float | None = None
         size, interval = self.options.batch_size, self.options.flush_interval
         while True:
+            deadline = self._deadline
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 batch = self.inbox.get(timeout=timeout)
             except queue.Empty:
                 batch = None
             if batch is _END:
-                while pending or invalid:
-                    pending, invalid = self._commit(pending, invalid)
+                self._commit()
                 return
             if batch is not None:
-                pending.extend(batch.events)
-                invalid += batch.invalid
-                if deadline is None:
-                    deadline = time.monotonic() + interval
-            while len(pending) >= size:
-                pending, invalid = self._commit(pending, invalid)
-            if deadline is not None and time.monotonic() >= deadline:
-                pending, invalid = self._commit(pending, invalid)
-                deadline = None
+                for rows in batch.rows:  # each holds at most batch_size events
+                    if self._count + rows.count > size:
+                        self._commit()
+                    self._pending.append(rows)
+                    self._count += rows.count
+                self._invalid += batch.invalid
+                if self._deadline is None and (self._pending or self._invalid):
+                    self._deadline = time.monotonic() + interval
+            if self._count >= size or (
+                self._deadline is not None and time.monotonic() >= self._deadline
+            ):
+                self._commit()
 
-    def _commit(self, events: list[EventRow], invalid: int) -> tuple[list[EventRow], int]:
-        """Commit up to `batch_size` events and the invalid count; return what is left."""
-        size = self.options.batch_size
-        part, rest = (events, []) if len(events) <= size else (events[:size], events[size:])
-        if part or invalid:
-            result = self.store.write_batch(part, invalid)
-            r = self.report
-            r.accepted += result.accepted
-            r.duplicates += result.duplicates
-            r.invalid += result.invalid
-            r.received += result.accepted + result.duplicates + result.invalid
-        return rest, 0
+    def _commit(self) -> None:
+        """Write what is pending in one transaction."""
+        if not self._pending and not self._invalid:
+            return
+        result = self.store.write_rows(self._pending, self._invalid)
+        self._pending, self._count, self._invalid, self._deadline = [], 0, 0, None
+        r = self.report
+        r.accepted += result.accepted
+        r.duplicates += result.duplicates
+        r.invalid += result.invalid
+        r.received += result.accepted + result.duplicates + result.invalid
 
 
 def _too_long(source: str, line: int, size: int, head: bytes, limit: int) -> Reject:
@@ -190,7 +195,7 @@ def ingest(
             )
             try:
                 for chunk in read_chunks(source, options.max_line_bytes, stop, stdin, progress):
-                    put(_decode(chunk, source.name, options.max_line_bytes, on_reject))
+                    put(_decode(chunk, source.name, options, on_reject))
             except SourceError as exc:
                 report.source_errors.append(str(exc))
     finally:
@@ -203,14 +208,16 @@ def ingest(
 
 
 def _decode(
-    chunk: Chunk, name: str, limit: int, on_reject: Callable[[Reject], None] | None
+    chunk: Chunk, name: str, options: IngestOptions, on_reject: Callable[[Reject], None] | None
 ) -> _Batch:
     rows, rejects = decode_lines(chunk.lines, name)
-    rejects.extend(_too_long(name, line, size, head, limit) for line, size, head in chunk.too_long)
+    limit, size = options.max_line_bytes, options.batch_size
+    rejects.extend(_too_long(name, line, n, head, limit) for line, n, head in chunk.too_long)
     if on_reject:
         for reject in rejects:
             on_reject(reject)
-    return _Batch(rows, len(rejects))
+    parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
+    return _Batch(parts, len(rejects))
 
 
 def _raise_consumer_error(consumer: _Consumer) -> None:

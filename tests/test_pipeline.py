@@ -21,7 +21,7 @@ from conftest import event, write_jsonl
 
 from logagg.errors import StoreError
 from logagg.gen import GenStats, generate
-from logagg.models import EventRow, Reject
+from logagg.models import Reject, RowBatch
 from logagg.pipeline import IngestOptions, IngestReport, ingest
 from logagg.sources import Source
 from logagg.store import BatchResult, SQLiteStore
@@ -203,9 +203,9 @@ class CountingStore(SQLiteStore):
 
     sizes: list[int]
 
-    def write_batch(self, events: Sequence[EventRow], invalid: int = 0) -> BatchResult:
-        self.sizes.append(len(events))
-        return super().write_batch(events, invalid)
+    def write_rows(self, batches: Sequence[RowBatch], invalid: int = 0) -> BatchResult:
+        self.sizes.append(sum(batch.count for batch in batches))
+        return super().write_rows(batches, invalid)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 10])
@@ -413,14 +413,14 @@ class FailingStore(SQLiteStore):
     how: str
     calls: int
 
-    def write_batch(self, events: Sequence[EventRow], invalid: int = 0) -> BatchResult:
+    def write_rows(self, batches: Sequence[RowBatch], invalid: int = 0) -> BatchResult:
         self.calls += 1
         if self.calls == self.good + 1:
             if self.how == "readonly":
                 self._conn.execute("PRAGMA query_only = 1")
             else:
                 self._conn.close()
-        return super().write_batch(events, invalid)
+        return super().write_rows(batches, invalid)
 
 
 def failing_store(db: Path, how: str, good: int = 1) -> FailingStore:
