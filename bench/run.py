@@ -268,6 +268,7 @@ class Outcome:
     big_unique: int = 0
     big_runs: list[Run] = field(default_factory=list)
     big_rows: list[int] = field(default_factory=list)
+    big_floor: Run | None = None
     queries: dict[str, tuple[float, float]] = field(default_factory=dict)
     trickle: dict[str, float] = field(default_factory=dict)
     startup: tuple[float, float] | None = None
@@ -416,6 +417,13 @@ def big_ingest(cfg: Config, out: Outcome, source: Path) -> Path:
         if rows != out.big_unique:
             out.mismatch(f"logagg stored {rows} rows of {out.big_unique} unique (big input)")
         check_report(out, run, out.big_lines, out.big_unique)
+    # The floor at the same size tells how much of any slow-down is SQLite's own.
+    floor_db = cfg.data / "stores" / "big-floor.db"
+    out.big_floor = run_child(tool_argv("floor", source, fresh(floor_db)))
+    log(f"big floor: {out.big_floor.wall:.2f} s, {out.big_floor.rss_kib / 1024:.0f} MiB")
+    if count_rows(floor_db) != out.big_unique:
+        out.mismatch("floor stored a different number of rows (big input)")
+    fresh(floor_db)
     return db
 
 
@@ -581,7 +589,8 @@ def _n(count: int) -> str:
 
 def render(cfg: Config, out: Outcome) -> str:
     """RESULTS.md without its "What was tried" section."""
-    issue_sizes = cfg.events == Config.events and cfg.big == Config.big
+    defaults = Config()
+    issue_sizes = cfg.events == defaults.events and cfg.big == defaults.big
     command = f"{cfg.overrides()} make bench".strip()
     md: list[str] = ["# Benchmark results", ""]
     md += [f"Machine: {out.machine}", ""]
@@ -660,6 +669,14 @@ def render(cfg: Config, out: Outcome) -> str:
             f" | {big_rate / rate['logagg']:.2f} | ≥ {MIN_BIG_RATE}"
             f" | {verdict(big_rate / rate['logagg'] >= MIN_BIG_RATE)} |",
         ]
+        if out.big_floor is not None:
+            floor_big_rate = out.big_lines / out.big_floor.wall
+            md.append(
+                f"| for reference, the floor: events/s at {_n(out.big_lines)}"
+                f" ({_n(round(floor_big_rate))}, {out.big_floor.wall:.1f} s)"
+                f" / at {_n(out.lines)} ({_n(round(rate['floor']))})"
+                f" | {floor_big_rate / rate['floor']:.2f} | | |"
+            )
     for name, (on_big, on_empty) in out.queries.items():
         ratio = on_big / on_empty
         md.append(

@@ -134,7 +134,7 @@ def ingest(
         typer.Option(
             min=1, help="Batches that may wait between reader and writer (the memory bound)."
         ),
-    ] = 16,
+    ] = 12,
     max_line_bytes: Annotated[
         int, typer.Option(min=64, help="Longer lines are rejected without being read into memory.")
     ] = 1 << 20,

@@ -15,14 +15,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import SourceError, StoreError
-from logagg.models import Reject, RowBatch, decode_lines, encode_rows, raw_text
+from logagg.models import Reject, Row, RowBatch, decode_lines, encode_rows, raw_text
 from logagg.sources import Chunk, Source, read_chunks
-from logagg.store import SQLiteStore
+from logagg.store import BatchResult, SQLiteStore
 
 PUT_POLL_SECONDS = 0.1
 
@@ -33,7 +34,7 @@ class IngestOptions:
 
     batch_size: int = 50_000
     flush_interval: float = 0.2
-    queue_size: int = 16
+    queue_size: int = 12
     max_line_bytes: int = 1 << 20
 
 
@@ -65,11 +66,31 @@ class IngestReport:
 
 
 @dataclass(slots=True)
+class _Ack:
+    """A submitted batch waiting for its rows to be committed."""
+
+    future: Future[BatchResult]
+    remaining: int  # RowBatches not yet committed
+    invalid: int
+    received: int = 0
+    accepted: int = 0
+
+    def committed(self, count: int, accepted: int) -> None:
+        self.remaining -= 1
+        self.received += count
+        self.accepted += accepted
+        if self.remaining <= 0:
+            dup = self.received - self.accepted
+            self.future.set_result(BatchResult(self.accepted, dup, self.invalid))
+
+
+@dataclass(slots=True)
 class _Batch:
     """What the reader makes of one chunk: encoded rows and a count of rejected lines."""
 
     rows: list[RowBatch]
     invalid: int
+    ack: _Ack | None = None
 
 
 _END = _Batch([], 0)
@@ -94,6 +115,8 @@ class _Consumer(threading.Thread):
         self.stop = stop
         self.error: BaseException | None = None
         self._pending: list[RowBatch] = []
+        self._acks: list[_Ack | None] = []  # one per pending RowBatch
+        self._empty_acks: list[_Ack] = []  # submitted batches without rows
         self._count = 0  # events in _pending
         self._invalid = 0
         self._deadline: float | None = None  # when the oldest pending item must be committed
@@ -104,6 +127,7 @@ class _Consumer(threading.Thread):
         except BaseException as exc:  # handed to the reader, which re-raises it
             self.error = exc
             self.stop.set()  # a reader waiting on a quiet pipe stops too
+            self._fail(exc)
 
     def _loop(self) -> None:
         size, interval = self.options.batch_size, self.options.flush_interval
@@ -122,8 +146,11 @@ class _Consumer(threading.Thread):
                     if self._count + rows.count > size:
                         self._commit()
                     self._pending.append(rows)
+                    self._acks.append(batch.ack)
                     self._count += rows.count
                 self._invalid += batch.invalid
+                if batch.ack is not None and not batch.rows:
+                    self._empty_acks.append(batch.ack)
                 if self._deadline is None and (self._pending or self._invalid):
                     self._deadline = time.monotonic() + interval
             if self._count >= size or (
@@ -132,16 +159,85 @@ class _Consumer(threading.Thread):
                 self._commit()
 
     def _commit(self) -> None:
-        """Write what is pending in one transaction."""
+        """Write what is pending in one transaction, then acknowledge what it held."""
         if not self._pending and not self._invalid:
             return
         result = self.store.write_rows(self._pending, self._invalid)
-        self._pending, self._count, self._invalid, self._deadline = [], 0, 0, None
+        for rows, ack, accepted in zip(self._pending, self._acks, result.per_batch, strict=True):
+            if ack is not None:
+                ack.committed(rows.count, accepted)
+        for ack in self._empty_acks:
+            ack.committed(0, 0)
+        self._pending, self._acks, self._empty_acks = [], [], []
+        self._count, self._invalid, self._deadline = 0, 0, None
         r = self.report
         r.accepted += result.accepted
         r.duplicates += result.duplicates
         r.invalid += result.invalid
         r.received += result.accepted + result.duplicates + result.invalid
+
+    def _fail(self, exc: BaseException) -> None:
+        """Fail every batch still waiting for a commit, queued or pending."""
+        waiting = [a for a in self._acks if a is not None] + self._empty_acks
+        while True:
+            try:
+                batch = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if batch.ack is not None:
+                waiting.append(batch.ack)
+        error = exc if isinstance(exc, StoreError) else StoreError(f"writer failed: {exc!r}")
+        for ack in {id(a): a for a in waiting}.values():
+            if not ack.future.done():
+                ack.future.set_exception(error)
+
+
+class Writer:
+    """The single writer as a service, for a long-lived face such as an HTTP server.
+
+    `submit` puts a batch on the same bounded queue that `ingest` uses and returns a
+    future that resolves once the batch is committed (a durable acknowledgement), with its
+    own accepted / duplicate / invalid counts. Other processes may write the store too.
+    """
+
+    def __init__(self, store: SQLiteStore, options: IngestOptions | None = None) -> None:
+        self.options = options or IngestOptions()
+        self.report = IngestReport()
+        self._inbox: queue.Queue[_Batch] = queue.Queue(maxsize=self.options.queue_size)
+        self._consumer = _Consumer(store, self._inbox, self.options, self.report, threading.Event())
+
+    def start(self) -> Writer:
+        self._consumer.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._consumer.is_alive()
+
+    @property
+    def queue_size(self) -> int:
+        """Batches waiting in the queue now."""
+        return self._inbox.qsize()
+
+    def submit(
+        self, rows: Sequence[Row], invalid: int = 0, timeout: float | None = None
+    ) -> Future[BatchResult]:
+        """Queue rows for the writer; raises queue.Full if no room came within `timeout`."""
+        if not self.running:
+            _raise_consumer_error(self._consumer)
+            raise StoreError("the writer is not running")
+        size = self.options.batch_size
+        parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
+        ack = _Ack(Future(), len(parts), invalid)
+        self._inbox.put(_Batch(parts, invalid, ack), timeout=timeout)
+        return ack.future
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer; raises the writer's error, if any."""
+        if self._consumer.is_alive():
+            self._inbox.put(_END)
+            self._consumer.join()
+        _raise_consumer_error(self._consumer)
 
 
 def _too_long(source: str, line: int, size: int, head: bytes, limit: int) -> Reject:

@@ -90,11 +90,12 @@ _SELECT_EVENTS = (
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What one committed batch did."""
+    """What one committed batch did; `per_batch`: rows accepted from each RowBatch."""
 
     accepted: int
     duplicates: int
     invalid: int
+    per_batch: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +294,7 @@ class SQLiteStore:
         received = sum(batch.count for batch in batches)
         with self._write() as conn:
             before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
-            for batch in batches:
-                conn.execute(_INSERT, (batch.json, now))
+            per_batch = tuple(conn.execute(_INSERT, (b.json, now)).rowcount for b in batches)
             per_topic = conn.execute(_NEW_PER_TOPIC, (before,)).fetchall()
             if per_topic:
                 conn.executemany(_UPSERT_TOPIC, per_topic)
@@ -306,7 +306,7 @@ class SQLiteStore:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (now,),
             )
-        return BatchResult(accepted, duplicates, invalid)
+        return BatchResult(accepted, duplicates, invalid, per_batch)
 
     # --- reading -------------------------------------------------------------------------
 

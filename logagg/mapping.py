@@ -1,0 +1,554 @@
+"""Turn one decoded JSON log line into logagg events: field mapping, content ids, CloudEvents.
+
+A `Mapping` takes a line as decoded by `orjson.loads` and returns event dicts in logagg's
+input schema (`topic`, `event_id`, `timestamp`, `source`, `payload`, extra fields), ready
+for `logagg.models` to validate; a line it cannot map raises `MappingError` naming what is
+missing. Nothing here reads files, touches a store or prints.
+
+Field mapping
+-------------
+`fields` maps a target (`topic`, `event_id`, `timestamp`, `source`) to a dotted path into
+the line (`repo.name`; a key that itself contains dots, such as `log.level`, is matched
+first; a numeric segment indexes an array). A target without a path is read from the
+field of its own name, so `{"timestamp": "ts"}` is enough for lines that otherwise follow
+logagg's schema. Then, per target:
+
+- `topic`, `source`: the line's value (a string, or an integer as its decimal text); when
+  the line has none (absent, null or empty), the constant `topic` / `source`. The caller sets the
+  constant source to the file name when the user gave none (`with_default_source`).
+- `event_id`: the line's value; when it has none and `id_from_content` is set, a content
+  id (below), so a line's own id always wins; otherwise the line is rejected.
+- `timestamp`: required. RFC 3339 strings pass through unchanged (logagg.models
+  normalises them to UTC). Epoch numbers, and strings of digits such as journald's
+  `"1715678467123456"`, become RFC 3339 UTC strings in the unit `time_unit` (`s`, `ms`,
+  `us`), or, when it is None, in the unit their magnitude implies: below 1e11 seconds
+  (up to the year 5138), below 1e14 milliseconds, otherwise microseconds.
+- `payload`: with `payload_field` None, the rest of the object: everything the mapped
+  paths did not consume (a nested path removes only its leaf, and drops its parent if
+  that leaves it empty). With a `payload_field`, its value (an object as it is, any other
+  value wrapped as `{last_segment: value}`, none as `{}`), and the line's other fields stay
+  at the top level, where logagg keeps them in its `extra` column and returns them.
+
+Content ids
+-----------
+`id_from_content`: the event_id is the first 32 hex digits of the SHA-256 of the line's
+canonical JSON (keys sorted at every level, no whitespace, UTF-8), so key order and spacing
+do not matter and a re-sent line is a duplicate. Only the line counts: not its file name,
+so re-reading a rotated copy of a file finds the same ids.
+
+CloudEvents
+-----------
+With `cloudevents`, a line is a CloudEvents 1.0 event in structured JSON mode, or a JSON
+array of them (the batch format; one bad event rejects the whole line). `type` -> topic,
+`id` -> event_id, `source` -> source, `time` -> timestamp, `data` -> payload (an object as
+it is, any other value as `{"data": value}`), `data_base64` -> payload
+`{"data_base64": "..."}`. Every other attribute - `specversion`, `subject`,
+`datacontenttype`, `dataschema` and extension attributes - is kept under one extra
+top-level field, `"cloudevents": {...}`, which logagg stores and returns with the event.
+`specversion` (1.x), `id`, `source` and `type` are required non-empty strings; a missing
+one is named in the error. `time` is optional in CloudEvents: when it is absent the
+timestamp is the time the line is mapped (the `now` argument of `apply`, by default the
+current UTC time), so such an event is kept, not rejected.
+
+Identity
+--------
+logagg's identity is `(topic, event_id)`, so by default a CloudEvent is identified by
+`(type, id)`. The CloudEvents rule is that `(source, id)` identifies an event: producers
+keep `id` unique per source, not per type. With `key=("source", "id")` the stored
+event_id is `"<source> <id>"` (the source, a space, the id; a CloudEvents source is a URI
+reference, which holds no space, so the pair is recoverable) and the topic stays the type.
+The difference: by default the same id from two sources under one type is a duplicate (and
+the second event is lost); with the source rule both are kept. The stored key is then
+`(type, "source id")`, which differs from the pure CloudEvents rule only for a producer
+that sends one source and id with two different types. Like any event_id, the pair must
+fit in 255 characters. The same rule works for any mapping (`("source", "event_id")`).
+
+Presets
+-------
+| preset      | topic                          | event_id | timestamp                 | source    |
+|-------------|--------------------------------|----------|---------------------------|-----------|
+| cloudevents | type                           | id       | time                      | source    |
+| docker      | "docker"                       | content  | time                      | (default) |
+| pino        | name, else "pino"              | content  | time (ms)                 | hostname  |
+| bunyan      | name, else "bunyan"            | content  | time                      | hostname  |
+| structlog   | logger, else "structlog"       | content  | timestamp (RFC 3339 or s) | (default) |
+| journald    | _SYSTEMD_UNIT, else "journald" | __CURSOR | __REALTIME_TIMESTAMP (us) | _HOSTNAME |
+| gelf        | "gelf"                         | content  | timestamp (s)             | host      |
+
+"content" is a content id; "(default)" is the constant source, which the caller sets to
+the file name when the user gave none (Docker's json-file log is one file per container).
+In every preset but cloudevents the payload is the rest of the line (Docker: `log` and
+`stream`; pino and bunyan: `level`, `msg`, `pid`, ...; journald: `MESSAGE`, `PRIORITY`,
+...; GELF: `short_message`, `level`, `_extra` fields, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+
+from logagg.models import json_type
+
+__all__ = [
+    "KEYS",
+    "PRESETS",
+    "TARGETS",
+    "Mapping",
+    "MappingError",
+    "content_id",
+    "epoch_to_rfc3339",
+    "get_preset",
+    "is_cloudevent",
+    "parse_key",
+    "parse_map_options",
+]
+
+TimeUnit = Literal["s", "ms", "us"]
+
+TARGETS = ("topic", "event_id", "timestamp", "source")
+KEYS: tuple[tuple[str, str], ...] = (
+    ("topic", "event_id"),
+    ("source", "id"),
+    ("source", "event_id"),
+)
+CONTENT_ID_LENGTH = 32
+
+_MISSING: Any = object()
+_EPOCH = datetime(1970, 1, 1)
+_MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+_CE_REQUIRED = ("specversion", "id", "source", "type")
+_CE_MAPPED = frozenset(("id", "source", "type", "time", "data", "data_base64"))
+_RESERVED = frozenset(("topic", "event_id", "timestamp", "source", "payload"))
+
+Path = tuple[str, ...]
+
+
+class MappingError(ValueError):
+    """A line that cannot be mapped to an event; the message is one line naming why."""
+
+
+# --- paths -----------------------------------------------------------------------------
+
+
+def _parse_path(text: str) -> Path:
+    """`"repo.name"` -> `("repo", "name")`; ValueError for an empty path or segment."""
+    parts = tuple(text.split("."))
+    if not text or "" in parts:
+        raise ValueError(f"invalid field path {text!r}: use names joined by dots, e.g. repo.name")
+    return parts
+
+
+def _lookup(obj: dict[str, Any], text: str, parts: Path) -> Any:
+    """The value at a path, or _MISSING. A literal key `text` wins over walking `parts`."""
+    value = obj.get(text, _MISSING)
+    if value is not _MISSING or len(parts) == 1:
+        return value
+    current: Any = obj
+    for part in parts:
+        if type(current) is dict:
+            current = current.get(part, _MISSING)
+        elif type(current) is list and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return _MISSING
+        if current is _MISSING:
+            return _MISSING
+    return current
+
+
+def _without(obj: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
+    """A copy of `obj` without the values at `paths`; a parent emptied by it is dropped."""
+    top: set[str] = set()
+    nested: dict[str, list[Path]] = {}
+    for parts in paths:
+        if len(parts) == 1:
+            top.add(parts[0])
+        else:
+            nested.setdefault(parts[0], []).append(parts[1:])
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in top:
+            continue
+        if key in nested and type(value) is dict and value:
+            value = _without(value, nested[key])
+            if not value:
+                continue
+        out[key] = value
+    return out
+
+
+# --- values ----------------------------------------------------------------------------
+
+
+def _name(value: Any, target: str, path: str) -> str | None:
+    """A topic, event_id or source from the line: a string, an integer as text, or None."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if value is None or value is _MISSING:
+        return None
+    if kind is int:
+        return str(value)
+    raise MappingError(f"{target}: field '{path}' is {json_type(value)}, expected a string")
+
+
+def epoch_to_rfc3339(value: int | float, unit: TimeUnit | None = None) -> str:
+    """An epoch time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+
+    `unit` is `s`, `ms` or `us`; None detects it by magnitude: below 1e11 seconds, below
+    1e14 milliseconds, otherwise microseconds. Raises MappingError when out of range.
+    """
+    if unit is None:
+        size = abs(value)
+        unit = "s" if size < 1e11 else "ms" if size < 1e14 else "us"
+    try:
+        micros = value * _MICROS_PER_UNIT[unit]
+        if type(micros) is not int:
+            micros = round(micros)
+        moment = _EPOCH + timedelta(microseconds=micros)
+    except (OverflowError, ValueError):
+        raise MappingError(f"timestamp: epoch {value!r} ({unit}) is out of range") from None
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+def _timestamp(value: Any, unit: TimeUnit | None, path: str) -> str:
+    """An RFC 3339 string as it is; an epoch number (or string of digits) converted."""
+    kind = type(value)
+    if kind is str:
+        if value[:1].isdigit() and value.isascii() and value.replace(".", "", 1).isdigit():
+            number: int | float = float(value) if "." in value else int(value)
+            return epoch_to_rfc3339(number, unit)
+        return value
+    if kind is int or (kind is float and math.isfinite(value)):
+        return epoch_to_rfc3339(value, unit)
+    if value is None or value is _MISSING:
+        raise MappingError(f"missing timestamp: the line has no '{path}'")
+    raise MappingError(
+        f"timestamp: field '{path}' is {json_type(value)}, expected an RFC 3339 string or "
+        "an epoch number"
+    )
+
+
+def content_id(obj: Any) -> str:
+    """A stable id of a decoded line: SHA-256 of its canonical JSON, first 32 hex digits.
+
+    Keys are sorted at every level and there is no whitespace, so key order and spacing
+    of the original line do not change the id.
+    """
+    try:
+        canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits
+        canonical = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+    return hashlib.sha256(canonical).hexdigest()[:CONTENT_ID_LENGTH]
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def is_cloudevent(obj: Any) -> bool:
+    """True for a decoded line that is a CloudEvent (has `specversion`) or a batch of them."""
+    if type(obj) is dict:
+        return "specversion" in obj
+    return type(obj) is list and bool(obj) and all(is_cloudevent(item) for item in obj)
+
+
+# --- the mapping -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """How to read a JSON log line as logagg events (see the module docstring).
+
+    `fields`: target -> dotted path; `payload_field`: path of the payload (None: the rest
+    of the object); `topic`, `source`: constants where the line has none; `id_from_content`:
+    hash the line when it has no id; `time_unit`: unit of epoch times (None: by magnitude);
+    `cloudevents`: read CloudEvents 1.0 JSON; `key`: `("topic", "event_id")`, or
+    `("source", "id")` to store event_id as `"<source> <id>"`.
+    """
+
+    fields: dict[str, str] = field(default_factory=dict)
+    payload_field: str | None = None
+    topic: str | None = None
+    source: str | None = None
+    id_from_content: bool = False
+    time_unit: TimeUnit | None = None
+    cloudevents: bool = False
+    key: tuple[str, str] = ("topic", "event_id")
+    _paths: tuple[tuple[str, Path], ...] = field(init=False, repr=False, compare=False)
+    _payload: tuple[str, Path] | None = field(init=False, repr=False, compare=False)
+    _flat_drop: frozenset[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.fields) - set(TARGETS))
+        if unknown:
+            raise ValueError(
+                f"unknown mapping target {unknown[0]!r} (targets: {', '.join(TARGETS)})"
+            )
+        if self.time_unit not in (None, "s", "ms", "us"):
+            raise ValueError(f"invalid time unit {self.time_unit!r} (use s, ms or us)")
+        if tuple(self.key) not in KEYS:
+            raise ValueError(
+                f"invalid key {','.join(self.key)!r} (use topic,event_id or source,id)"
+            )
+        for name in ("topic", "source"):
+            if getattr(self, name) == "":
+                raise ValueError(f"the constant {name} must not be empty")
+        if self.cloudevents and (self.fields or self.payload_field):
+            raise ValueError("CloudEvents have a fixed mapping: no field mapping or payload field")
+        paths = tuple(
+            (text, _parse_path(text)) for text in (self.fields.get(t, t) for t in TARGETS)
+        )
+        payload = None
+        if self.payload_field is not None:
+            payload = (self.payload_field, _parse_path(self.payload_field))
+        every = [*paths, payload] if payload else list(paths)
+        flat = all(len(parts) == 1 for _, parts in every)
+        object.__setattr__(self, "fields", dict(self.fields))
+        object.__setattr__(self, "key", tuple(self.key))
+        object.__setattr__(self, "_paths", paths)
+        object.__setattr__(self, "_payload", payload)
+        object.__setattr__(self, "_flat_drop", frozenset(t for t, _ in every) if flat else None)
+
+    def with_default_source(self, name: str) -> Mapping:
+        """This mapping with constant source `name` (a file name) unless it already has one."""
+        return self if self.source is not None else replace(self, source=name)
+
+    def override(
+        self,
+        *,
+        fields: dict[str, str] | None = None,
+        payload_field: str | None = None,
+        topic: str | None = None,
+        source: str | None = None,
+        id_from_content: bool = False,
+        time_unit: TimeUnit | None = None,
+        key: tuple[str, str] | None = None,
+    ) -> Mapping:
+        """This mapping (a preset, say) with the options a user gave; fields merge by target."""
+        return replace(
+            self,
+            fields={**self.fields, **(fields or {})},
+            payload_field=payload_field if payload_field is not None else self.payload_field,
+            topic=topic if topic is not None else self.topic,
+            source=source if source is not None else self.source,
+            id_from_content=id_from_content or self.id_from_content,
+            time_unit=time_unit if time_unit is not None else self.time_unit,
+            key=key if key is not None else self.key,
+        )
+
+    def apply(self, obj: Any, now: str | None = None) -> list[dict[str, Any]]:
+        """The events of one decoded line; raises MappingError naming what is missing.
+
+        One event per line, except a CloudEvents batch (a JSON array), which gives one per
+        element. `now` is the timestamp of a CloudEvent without `time` (default: current
+        UTC time).
+        """
+        if not self.cloudevents:
+            return [self._map(obj)]
+        if type(obj) is not list:
+            return [self._cloudevent(obj, now)]
+        if now is None:
+            now = _utc_now()
+        events = []
+        for index, item in enumerate(obj, 1):
+            try:
+                events.append(self._cloudevent(item, now))
+            except MappingError as exc:
+                raise MappingError(f"event {index} of the batch: {exc}") from None
+        return events
+
+    def _map(self, obj: Any) -> dict[str, Any]:
+        if type(obj) is not dict:
+            raise MappingError(f"expected a JSON object, got {json_type(obj)}")
+        (t_text, t_parts), (i_text, i_parts), (ts_text, ts_parts), (s_text, s_parts) = self._paths
+        topic = _name(_lookup(obj, t_text, t_parts), "topic", t_text) or self.topic
+        if topic is None:
+            raise MappingError(f"missing topic: the line has no '{t_text}' and no topic is set")
+        source = _name(_lookup(obj, s_text, s_parts), "source", s_text) or self.source
+        if source is None:
+            raise MappingError(f"missing source: the line has no '{s_text}' and no source is set")
+        event_id = _name(_lookup(obj, i_text, i_parts), "event_id", i_text)
+        if not event_id:
+            if not self.id_from_content:
+                raise MappingError(
+                    f"missing event_id: the line has no '{i_text}' (an id from the content "
+                    "can be used instead)"
+                )
+            event_id = content_id(obj)
+        if self.key[0] == "source":
+            event_id = f"{source} {event_id}"
+        timestamp = _timestamp(_lookup(obj, ts_text, ts_parts), self.time_unit, ts_text)
+
+        drop = self._flat_drop
+        if drop is not None:
+            rest = {k: v for k, v in obj.items() if k not in drop}
+        else:
+            used = [*self._paths, self._payload] if self._payload else self._paths
+            rest = _without(obj, [(text,) if text in obj else parts for text, parts in used])
+        if self._payload is None:
+            return {
+                "topic": topic,
+                "event_id": event_id,
+                "timestamp": timestamp,
+                "source": source,
+                "payload": rest,
+            }
+        p_text, p_parts = self._payload
+        value = _lookup(obj, p_text, p_parts)
+        event = {k: v for k, v in rest.items() if k not in _RESERVED}
+        event["topic"] = topic
+        event["event_id"] = event_id
+        event["timestamp"] = timestamp
+        event["source"] = source
+        if type(value) is dict:
+            event["payload"] = value
+        elif value is not None and value is not _MISSING:
+            event["payload"] = {p_parts[-1]: value}
+        return event
+
+    def _cloudevent(self, obj: Any, now: str | None) -> dict[str, Any]:
+        if type(obj) is not dict:
+            raise MappingError(f"a CloudEvent is a JSON object, got {json_type(obj)}")
+        for name in _CE_REQUIRED:
+            value = obj.get(name)
+            if value is None:
+                raise MappingError(f"missing CloudEvents attribute '{name}'")
+            if type(value) is not str:
+                raise MappingError(
+                    f"CloudEvents attribute '{name}' is {json_type(value)}, expected a string"
+                )
+            if not value:
+                raise MappingError(f"CloudEvents attribute '{name}' is empty")
+        version = obj["specversion"]
+        if version.split(".", 1)[0] != "1":
+            raise MappingError(f"unsupported CloudEvents specversion {version[:16]!r} (need 1.x)")
+        time = obj.get("time")
+        if time is None:
+            time = now if now is not None else _utc_now()
+        elif type(time) is not str:
+            raise MappingError(
+                f"CloudEvents attribute 'time' is {json_type(time)}, expected an RFC 3339 string"
+            )
+        if "data_base64" in obj:
+            if "data" in obj:
+                raise MappingError("a CloudEvent has both 'data' and 'data_base64'")
+            encoded = obj["data_base64"]
+            if type(encoded) is not str:
+                raise MappingError(
+                    f"CloudEvents attribute 'data_base64' is {json_type(encoded)}, "
+                    "expected a string"
+                )
+            payload: dict[str, Any] = {"data_base64": encoded}
+        else:
+            data = obj.get("data", _MISSING)
+            if data is _MISSING:
+                payload = {}
+            elif type(data) is dict:
+                payload = data
+            else:
+                payload = {"data": data}
+        source = obj["source"]
+        event_id = obj["id"] if self.key[0] == "topic" else f"{source} {obj['id']}"
+        return {
+            "topic": obj["type"],
+            "event_id": event_id,
+            "timestamp": time,
+            "source": source,
+            "payload": payload,
+            "cloudevents": {k: v for k, v in obj.items() if k not in _CE_MAPPED},
+        }
+
+
+# --- presets and options ---------------------------------------------------------------
+
+PRESETS: dict[str, Mapping] = {
+    "cloudevents": Mapping(cloudevents=True),
+    "docker": Mapping(
+        fields={"timestamp": "time"},
+        topic="docker",
+        id_from_content=True,
+    ),
+    "pino": Mapping(
+        fields={"topic": "name", "timestamp": "time", "source": "hostname"},
+        topic="pino",
+        id_from_content=True,
+        time_unit="ms",
+    ),
+    "bunyan": Mapping(
+        fields={"topic": "name", "timestamp": "time", "source": "hostname"},
+        topic="bunyan",
+        id_from_content=True,
+    ),
+    "structlog": Mapping(
+        fields={"topic": "logger", "timestamp": "timestamp"},
+        topic="structlog",
+        id_from_content=True,
+    ),
+    "journald": Mapping(
+        fields={
+            "topic": "_SYSTEMD_UNIT",
+            "event_id": "__CURSOR",
+            "timestamp": "__REALTIME_TIMESTAMP",
+            "source": "_HOSTNAME",
+        },
+        topic="journald",
+        time_unit="us",
+    ),
+    "gelf": Mapping(
+        fields={"timestamp": "timestamp", "source": "host"},
+        topic="gelf",
+        id_from_content=True,
+        time_unit="s",
+    ),
+}
+
+
+def get_preset(name: str) -> Mapping:
+    """The preset called `name`; ValueError listing the presets for any other name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r} (choose from {', '.join(sorted(PRESETS))})"
+        ) from None
+
+
+def parse_map_options(pairs: list[str]) -> dict[str, str]:
+    """`["topic=type", "source=repo.name"]` -> `{"topic": "type", "source": "repo.name"}`.
+
+    Raises ValueError with a one-line message for a pair without `=`, an unknown target,
+    a target given twice or an invalid path.
+    """
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        target, sep, path = pair.partition("=")
+        target, path = target.strip(), path.strip()
+        if not sep or not target or not path:
+            raise ValueError(f"invalid --map {pair!r}: use TARGET=PATH, e.g. topic=type")
+        if target not in TARGETS:
+            hint = "; use --payload-field for the payload" if target == "payload" else ""
+            raise ValueError(
+                f"unknown --map target {target!r} (targets: {', '.join(TARGETS)}){hint}"
+            )
+        if target in fields:
+            raise ValueError(f"--map {target} is given twice")
+        _parse_path(path)
+        fields[target] = path
+    return fields
+
+
+def parse_key(text: str) -> tuple[str, str]:
+    """`"source,id"` -> `("source", "id")`; ValueError for anything but the known keys."""
+    key = tuple(part.strip() for part in text.split(","))
+    if key not in KEYS:
+        raise ValueError(f"invalid --key {text!r} (use topic,event_id or source,id)")
+    return key[0], key[1]
