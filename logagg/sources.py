@@ -128,7 +128,10 @@ def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
 
 
 def _byte_chunks(reader: _Reader, stop: threading.Event, name: str) -> Iterator[bytes]:
-    """Chunks as they are read, until end of input or until `stop` is set."""
+    """Chunks as they are read, until end of input or until `stop` is set.
+
+    At end of input it yields one last empty chunk, so that a stop is told from the end.
+    """
     while not stop.is_set():
         if reader.poll_fd is not None:
             ready, _, _ = select.select([reader.poll_fd], [], [], POLL_SECONDS)
@@ -140,9 +143,9 @@ def _byte_chunks(reader: _Reader, stop: threading.Event, name: str) -> Iterator[
             raise SourceError(f"{name}: corrupt or truncated gzip data ({exc})") from None
         except OSError as exc:
             raise SourceError(f"{name}: read failed: {exc.strerror or exc}") from None
+        yield data
         if not data:
             return
-        yield data
 
 
 def read_chunks(
@@ -179,7 +182,11 @@ def _split(
     skipping = 0  # > 0 while inside an over-long line: its size so far
     head = b""
     first = True
+    at_end = False
     for data in chunks:
+        if not data:
+            at_end = True
+            break
         if after_read:
             after_read()
         if first:
@@ -213,6 +220,8 @@ def _split(
                 partial.clear()
         if out.lines or out.too_long:
             yield out
+    if not at_end:
+        return  # stopped: a partial last line is not a line
     if skipping:
         yield Chunk(too_long=[(line_no + 1, skipping, head)])
     elif partial:
