@@ -381,6 +381,25 @@ def gen(
     sys.stderr.write(f"{stats.unique} unique events in {stats.lines} lines\n")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT", min=1, max=65535, help="TCP port.")] = 8080,
+    log_level: Annotated[
+        str, typer.Option(envvar="LOG_LEVEL", help="critical, error, warning, info or debug.")
+    ] = "info",
+    db: Db = DEFAULT_DB,
+) -> None:
+    """Serve the HTTP API (POST /publish, GET /events, /stats, /health) on the store."""
+    try:
+        from logagg.serve import run
+    except ImportError as exc:
+        raise LogaggError(
+            f"logagg serve needs the serve extra: pip install 'logagg[serve]' ({exc})"
+        ) from None
+    run(db=db, host=host, port=port, log_level=log_level.lower())
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
