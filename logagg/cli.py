@@ -156,6 +156,67 @@ def ingest(
             help="No report, no progress, no reject messages (rejects still counted).",
         ),
     ] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Read a known log format: cloudevents, docker, pino, bunyan, structlog, "
+            "journald or gelf.",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            metavar="TARGET=PATH",
+            help="Where a field is: topic, event_id, timestamp or source = a dotted path "
+            "into the line; repeatable.",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    payload_field: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="The payload's path [default with a mapping: the rest of the line].",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option(help="Topic for lines that have none.", rich_help_panel="Your logs"),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Source for lines that have none [default with a mapping: the file name].",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    id_from_content: Annotated[
+        bool,
+        typer.Option(
+            help="Lines without an id get a stable hash of their content as event_id.",
+            rich_help_panel="Your logs",
+        ),
+    ] = False,
+    time_unit: Annotated[
+        str | None,
+        typer.Option(
+            metavar="s|ms|us",
+            help="Unit of epoch-number timestamps [default: told by magnitude].",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="topic,event_id|source,id",
+            help="What identifies an event: (topic, event_id) [default], or (source, id) as "
+            "in CloudEvents.",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
 ) -> None:
     """Read JSON-lines events into the store, dropping duplicates by (topic, event_id)."""
     import threading
@@ -169,11 +230,13 @@ def ingest(
     sources = [Source(p) for p in (paths or ["-"])]
     if sum(s.is_stdin for s in sources) > 1:
         raise UsageError("stdin ('-') can be read only once")
+    mapping = _mapping(preset, map_, payload_field, topic, source, id_from_content, time_unit, key)
     options = IngestOptions(
         batch_size=batch_size,
         flush_interval=flush_interval,
         queue_size=queue_size,
         max_line_bytes=max_line_bytes,
+        mapping=mapping,
     )
     try:
         # Rejected lines are raw events: created like the store, never world-writable.
@@ -208,6 +271,37 @@ def ingest(
         raise typer.Exit(ExitCode.ERROR)
     if strict and report.invalid:
         raise typer.Exit(ExitCode.DATA)
+
+
+def _mapping(
+    preset: str | None,
+    maps: list[str] | None,
+    payload_field: str | None,
+    topic: str | None,
+    source: str | None,
+    id_from_content: bool,
+    time_unit: str | None,
+    key: str | None,
+) -> Any:
+    """The Mapping the "Your logs" options ask for, or None for logagg's own schema."""
+    if not (
+        preset or maps or payload_field or topic or source or id_from_content or time_unit or key
+    ):
+        return None
+    from logagg.mapping import Mapping, get_preset, parse_key, parse_map_options
+
+    try:
+        return (get_preset(preset) if preset else Mapping()).override(
+            fields=parse_map_options(maps or []),
+            payload_field=payload_field,
+            topic=topic,
+            source=source,
+            id_from_content=id_from_content,
+            time_unit=time_unit,  # type: ignore[arg-type]
+            key=parse_key(key) if key else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _json_value(option: str, text: str) -> Any:

@@ -14,7 +14,7 @@ and the store writes: small, and free of per-event Python objects.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import (
@@ -25,6 +25,7 @@ from typing import (
 )
 
 import orjson
+import pydantic_core
 from pydantic import (
     AfterValidator,
     ConfigDict,
@@ -149,11 +150,14 @@ def encode_json(value: Any) -> str:
     JSON, and storing them would change the data (orjson would write them as null).
     """
     try:
-        text = orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    if b"null" in text:
-        json.dumps(value, allow_nan=False)  # raises ValueError if a null was a NaN or inf
+        try:
+            text = orjson.dumps(value)
+        except TypeError:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if b"null" in text:
+            json.dumps(value, allow_nan=False)  # raises ValueError if a null was a NaN or inf
+    except ValueError:
+        raise ValueError(NOT_FINITE) from None
     return text.decode()
 
 
@@ -181,19 +185,51 @@ def raw_text(raw: bytes) -> str:
     return text
 
 
-def decode_lines(lines: Iterable[tuple[int, bytes]], source: str) -> tuple[list[Row], list[Reject]]:
-    """Validate numbered JSON lines (no newlines) into rows; explain the others in Rejects."""
+Mapper = Callable[[Any], list[dict[str, Any]]]  # a decoded line -> events (logagg.mapping)
+
+
+def decode_lines(
+    lines: Iterable[tuple[int, bytes]],
+    source: str,
+    mapper: Mapper | None = None,
+    fallback: Mapper | None = None,
+) -> tuple[list[Row], list[Reject]]:
+    """Validate numbered JSON lines (no newlines) into rows; explain the others in Rejects.
+
+    Without a `mapper`, a line is an event in logagg's schema, validated straight from its
+    bytes; one that is not but names a `"specversion"` goes to `fallback` (CloudEvents).
+    With a `mapper`, every line is decoded and mapped to events first. A mapper raises
+    ValueError with a one-line reason for a line it cannot map.
+    """
     rows: list[Row] = []
     rejects: list[Reject] = []
     validate, append = EVENT.validate_json, rows.append
     for line, raw in lines:
         try:
-            append(_row(validate(raw)))
+            if mapper is None:
+                try:
+                    append(_row(validate(raw)))
+                    continue
+                except ValidationError:
+                    if fallback is None or b'"specversion"' not in raw:
+                        raise
+                mapped = fallback(_parse(raw))
+            else:
+                mapped = mapper(_parse(raw))
+            rows.extend([_row(EVENT.validate_python(event)) for event in mapped])
         except ValidationError as exc:
             rejects.append(Reject(source, line, describe(exc), raw_text(raw)))
-        except ValueError:
-            rejects.append(Reject(source, line, NOT_FINITE, raw_text(raw)))
+        except ValueError as exc:
+            rejects.append(Reject(source, line, str(exc), raw_text(raw)))
     return rows, rejects
+
+
+def _parse(raw: bytes) -> Any:
+    """Strict JSON (no NaN or Infinity; integers of any size kept exactly)."""
+    try:
+        return pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
 
 
 def decode_line(raw: bytes, source: str, line: int) -> EventRow | Reject:

@@ -21,11 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import SourceError, StoreError
-from logagg.models import Reject, Row, RowBatch, decode_lines, encode_rows, raw_text
+from logagg.mapping import PRESETS, Mapping
+from logagg.models import (
+    Mapper,
+    Reject,
+    Row,
+    RowBatch,
+    decode_lines,
+    encode_rows,
+    raw_text,
+)
 from logagg.sources import Chunk, Source, read_chunks
 from logagg.store import BatchResult, SQLiteStore
 
 PUT_POLL_SECONDS = 0.1
+CLOUDEVENTS = PRESETS["cloudevents"]  # lines with "specversion" are read as CloudEvents
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,7 @@ class IngestOptions:
     flush_interval: float = 0.2
     queue_size: int = 12
     max_line_bytes: int = 1 << 20
+    mapping: Mapping | None = None  # how to read lines not in logagg's schema
 
 
 @dataclass(slots=True)
@@ -289,9 +300,14 @@ def ingest(
             progress = (
                 (lambda pos, size, s=source: on_progress(s, pos, size)) if on_progress else None
             )
+            mapper = (
+                options.mapping.with_default_source(source.label).apply
+                if options.mapping is not None
+                else None
+            )
             try:
                 for chunk in read_chunks(source, options.max_line_bytes, stop, stdin, progress):
-                    put(_decode(chunk, source.name, options, on_reject))
+                    put(_decode(chunk, source.name, options, on_reject, mapper))
             except SourceError as exc:
                 report.source_errors.append(str(exc))
     finally:
@@ -304,9 +320,13 @@ def ingest(
 
 
 def _decode(
-    chunk: Chunk, name: str, options: IngestOptions, on_reject: Callable[[Reject], None] | None
+    chunk: Chunk,
+    name: str,
+    options: IngestOptions,
+    on_reject: Callable[[Reject], None] | None,
+    mapper: Mapper | None = None,
 ) -> _Batch:
-    rows, rejects = decode_lines(chunk.lines, name)
+    rows, rejects = decode_lines(chunk.lines, name, mapper, CLOUDEVENTS.apply)
     limit, size = options.max_line_bytes, options.batch_size
     rejects.extend(_too_long(name, line, n, head, limit) for line, n, head in chunk.too_long)
     if on_reject:

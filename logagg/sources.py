@@ -16,7 +16,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from logagg.errors import SourceError
 
@@ -51,6 +51,11 @@ class Source:
         return "<stdin>" if self.is_stdin else self.path
 
     @property
+    def label(self) -> str:
+        """The default event source for lines read from here: the file name, or stdin."""
+        return "stdin" if self.is_stdin else os.path.basename(self.path)
+
+    @property
     def is_stdin(self) -> bool:
         return self.path == "-"
 
@@ -82,6 +87,40 @@ class _Reader:
             self._closer()
 
 
+class _MaybeGunzip:
+    """Reads through `read`, decompressing when the input starts with gzip's magic bytes.
+
+    For streams that cannot seek (stdin, pipes); several gzip members in a row are read as
+    one, as `gzip -d` does. A truncated stream raises EOFError, corrupt data zlib.error.
+    """
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self._inflate: Any = None
+        self._started = False
+
+    def __call__(self, n: int) -> bytes:
+        while True:
+            data = self._read(n)
+            if not self._started:
+                self._started = True
+                if data[:2] == GZIP_MAGIC:
+                    self._inflate = zlib.decompressobj(wbits=31)
+            if self._inflate is None:
+                return data
+            if not data:
+                if not self._inflate.eof:
+                    raise EOFError("compressed data ended before the end-of-stream marker")
+                return b""
+            out = self._inflate.decompress(data)
+            while self._inflate.eof and self._inflate.unused_data:
+                rest = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=31)
+                out += self._inflate.decompress(rest)
+            if out:
+                return out
+
+
 def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
     if source.is_stdin:
         stream = stdin if stdin is not None else sys.stdin.buffer
@@ -90,10 +129,11 @@ def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
             mode = os.fstat(fd).st_mode
         except (OSError, ValueError, AttributeError):
             read1 = getattr(stream, "read1", stream.read)
-            return _Reader(read1, 0, PIPE_CHUNK)
+            return _Reader(_MaybeGunzip(read1), 0, PIPE_CHUNK)
+        raw_read = _MaybeGunzip(lambda n: os.read(fd, n))
         if stat.S_ISREG(mode):
-            return _Reader(lambda n: os.read(fd, n), 0, FILE_CHUNK)
-        return _Reader(lambda n: os.read(fd, n), 0, PIPE_CHUNK, poll_fd=fd)
+            return _Reader(raw_read, 0, FILE_CHUNK)
+        return _Reader(raw_read, 0, PIPE_CHUNK, poll_fd=fd)
     try:
         raw = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
     except FileNotFoundError:
