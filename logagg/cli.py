@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from logagg import __version__
 from logagg.errors import ExitCode, LogaggError, UsageError
-from logagg.output import Format, Order
+from logagg.output import Emit, Format, Order
 
 
 class _App(TyperGroup):
@@ -156,6 +156,13 @@ def ingest(
             help="No report, no progress, no reject messages (rejects still counted).",
         ),
     ] = False,
+    emit: Annotated[
+        Emit | None,
+        typer.Option(
+            help="Write each committed new (or dropped duplicate) event to stdout as JSON "
+            "lines, in input order.",
+        ),
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -221,7 +228,7 @@ def ingest(
     """Read JSON-lines events into the store, dropping duplicates by (topic, event_id)."""
     import threading
 
-    from logagg.output import RejectPrinter, file_progress, print_json, write_report
+    from logagg.output import Emitter, RejectPrinter, file_progress, print_json, write_report
     from logagg.pipeline import IngestOptions, stop_on_signals
     from logagg.pipeline import ingest as run_ingest
     from logagg.sources import Source
@@ -230,6 +237,8 @@ def ingest(
     sources = [Source(p) for p in (paths or ["-"])]
     if sum(s.is_stdin for s in sources) > 1:
         raise UsageError("stdin ('-') can be read only once")
+    if emit is not None and json_:
+        raise UsageError("--emit writes events to stdout: use it without --json")
     mapping = _mapping(preset, map_, payload_field, topic, source, id_from_content, time_unit, key)
     options = IngestOptions(
         batch_size=batch_size,
@@ -253,7 +262,13 @@ def ingest(
             file_progress(show_progress) as progress,
         ):
             report = run_ingest(
-                store, sources, options, stop=stop, on_reject=printer, on_progress=progress
+                store,
+                sources,
+                options,
+                stop=stop,
+                on_reject=printer,
+                on_progress=progress,
+                on_commit=Emitter(emit.value) if emit is not None else None,
             )
     finally:
         if sink:

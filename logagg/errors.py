@@ -34,6 +34,10 @@ class SourceError(LogaggError):
     """An input cannot be opened or read (missing, a directory, corrupt compression)."""
 
 
+class OutputClosed(LogaggError):
+    """Standard output was closed by the program reading it."""
+
+
 class UsageError(LogaggError):
     """A command-line value is invalid in a way the option parser cannot see."""
 

@@ -14,12 +14,19 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import IO, TYPE_CHECKING, Any
 
+from logagg.errors import OutputClosed
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from logagg.models import StoredEvent
     from logagg.pipeline import IngestReport
     from logagg.store import CheckResult, StoreStats
+
+
+class Emit(StrEnum):
+    new = "new"
+    duplicates = "duplicates"
 
 
 class Order(StrEnum):
@@ -238,6 +245,38 @@ class RejectPrinter:
         if not self.quiet and hidden > 0:
             where = "" if self.sink else " (keep them all with --rejects FILE)"
             sys.stderr.write(f"... and {hidden:,} more invalid lines{where}\n")
+
+
+class Emitter:
+    """After each commit, writes the events it stored (`new`) or dropped (`duplicates`).
+
+    JSON lines in the stored form on stdout, in input order, flushed per commit: nothing
+    is written before it is committed.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.out = _binary_stdout()
+
+    def __call__(self, batches: Any, result: Any) -> None:
+        from logagg.models import StoredEvent
+
+        lines = [event.to_json_bytes() for event in result.new] if self.what == "new" else []
+        if self.what == "duplicates":
+            stored = {(e.topic, e.event_id) for e in result.new}
+            for batch in batches:
+                for row in json.loads(batch.json):
+                    key = (row[0], row[1])
+                    if key in stored:
+                        stored.discard(key)  # its first copy is the stored one
+                    else:
+                        lines.append(StoredEvent(*row, "").to_json_bytes())
+        try:
+            if lines:
+                self.out.write(b"\n".join(lines) + b"\n")
+                self.out.flush()
+        except BrokenPipeError:
+            raise OutputClosed("stdout was closed; what was read so far is committed") from None
 
 
 @contextmanager

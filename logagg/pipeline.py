@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from logagg.errors import SourceError, StoreError
+from logagg.errors import LogaggError, SourceError, StoreError
 from logagg.mapping import PRESETS, Mapping
 from logagg.models import (
     Mapper,
@@ -35,6 +35,7 @@ from logagg.sources import Chunk, Source, read_chunks
 from logagg.store import BatchResult, SQLiteStore
 
 PUT_POLL_SECONDS = 0.1
+OnCommit = Callable[[Sequence[RowBatch], BatchResult], None]  # runs after each commit
 CLOUDEVENTS = PRESETS["cloudevents"]  # lines with "specversion" are read as CloudEvents
 
 
@@ -117,8 +118,10 @@ class _Consumer(threading.Thread):
         options: IngestOptions,
         report: IngestReport,
         stop: threading.Event,
+        on_commit: OnCommit | None = None,
     ) -> None:
         super().__init__(name="logagg-consumer", daemon=True)
+        self.on_commit = on_commit
         self.store = store
         self.inbox = inbox
         self.options = options
@@ -173,7 +176,11 @@ class _Consumer(threading.Thread):
         """Write what is pending in one transaction, then acknowledge what it held."""
         if not self._pending and not self._invalid:
             return
-        result = self.store.write_rows(self._pending, self._invalid)
+        result = self.store.write_rows(
+            self._pending, self._invalid, new_events=self.on_commit is not None
+        )
+        if self.on_commit is not None:
+            self.on_commit(self._pending, result)
         for rows, ack, accepted in zip(self._pending, self._acks, result.per_batch, strict=True):
             if ack is not None:
                 ack.committed(rows.count, accepted)
@@ -268,9 +275,13 @@ def ingest(
     stop: threading.Event | None = None,
     on_reject: Callable[[Reject], None] | None = None,
     on_progress: Callable[[Source, int, int], None] | None = None,
+    on_commit: OnCommit | None = None,
     stdin: BinaryIO | None = None,
 ) -> IngestReport:
     """Read `sources` in order into `store`; return the report of what was committed.
+
+    `on_commit(batches, result)` runs in the writer after each commit, with the rows the
+    transaction held and its result, including the events it stored (`result.new`).
 
     A source that cannot be read is recorded in `report.source_errors` and the next one is
     read. A store failure stops the run and is raised as StoreError after the reader has
@@ -280,7 +291,7 @@ def ingest(
     stop = stop or threading.Event()
     report = IngestReport()
     inbox: queue.Queue[_Batch] = queue.Queue(maxsize=options.queue_size)
-    consumer = _Consumer(store, inbox, options, report, stop)
+    consumer = _Consumer(store, inbox, options, report, stop, on_commit)
     started = time.monotonic()
     consumer.start()
 
@@ -339,7 +350,7 @@ def _decode(
 def _raise_consumer_error(consumer: _Consumer) -> None:
     if consumer.error is None:
         return
-    if isinstance(consumer.error, StoreError):
+    if isinstance(consumer.error, LogaggError):
         raise consumer.error
     raise StoreError(f"writer failed: {consumer.error!r}") from consumer.error
 

@@ -96,6 +96,7 @@ class BatchResult:
     duplicates: int
     invalid: int
     per_batch: tuple[int, ...] = ()
+    new: tuple[StoredEvent, ...] = ()  # the accepted events, in input order, when asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,16 +286,23 @@ class SQLiteStore:
         """Insert `events` and count `invalid` rejected lines, all in one transaction."""
         return self.write_rows([encode_rows(events)] if events else [], invalid)
 
-    def write_rows(self, batches: Sequence[RowBatch], invalid: int = 0) -> BatchResult:
+    def write_rows(
+        self, batches: Sequence[RowBatch], invalid: int = 0, *, new_events: bool = False
+    ) -> BatchResult:
         """Insert every row of `batches` and count `invalid` lines, in one transaction.
 
         Within the batches (in order) and against the store, the first copy of a key wins.
+        With `new_events`, the result also holds the events this transaction stored.
         """
         now = utc_now()
         received = sum(batch.count for batch in batches)
         with self._write() as conn:
             before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
             per_batch = tuple(conn.execute(_INSERT, (b.json, now)).rowcount for b in batches)
+            new = ()
+            if new_events:
+                sql = _SELECT_EVENTS + " WHERE rowid > ? ORDER BY rowid"
+                new = tuple(StoredEvent(*row[:7]) for row in conn.execute(sql, (before,)))
             per_topic = conn.execute(_NEW_PER_TOPIC, (before,)).fetchall()
             if per_topic:
                 conn.executemany(_UPSERT_TOPIC, per_topic)
@@ -306,7 +314,7 @@ class SQLiteStore:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (now,),
             )
-        return BatchResult(accepted, duplicates, invalid, per_batch)
+        return BatchResult(accepted, duplicates, invalid, per_batch, new)
 
     # --- reading -------------------------------------------------------------------------
 

@@ -1,0 +1,186 @@
+"""Reading other formats through the CLI: presets, mappings, gzip on stdin, --emit."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import select
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+from conftest import SAMPLES, check_store, event, invoke, logagg_cmd, run_logagg, write_jsonl
+
+FORMATS = SAMPLES / "formats"
+PRESETS = ["cloudevents", "docker", "pino", "bunyan", "structlog", "journald", "gelf"]
+
+
+def report(result: object) -> dict[str, int]:
+    return json.loads(result.stdout)  # type: ignore[attr-defined]
+
+
+def stored(db: Path) -> list[dict[str, object]]:
+    proc = run_logagg("events", "--db", db, "--all", "--order", "asc", "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr.decode()
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_ingests_its_sample_and_drops_the_resent_line(
+    runner: object, db: Path, preset: str
+) -> None:
+    sample = FORMATS / f"{preset}.jsonl"
+    first = invoke(runner, "ingest", "--db", db, "--preset", preset, "--json", sample)
+    counts = report(first)
+    assert counts["accepted"] >= 3
+    assert counts["duplicates"] >= 1
+    again = report(invoke(runner, "ingest", "--db", db, "--preset", preset, "--json", sample))
+    assert again["accepted"] == 0
+    assert again["duplicates"] == counts["accepted"] + counts["duplicates"]
+    check_store(db)
+
+
+def test_docker_lines_take_the_file_name_as_source(runner: object, db: Path) -> None:
+    invoke(runner, "ingest", "--db", db, "--preset", "docker", FORMATS / "docker.jsonl")
+    assert {e["source"] for e in stored(db)} == {"docker.jsonl"}
+
+
+def test_cloudevents_are_recognised_without_a_preset(runner: object, db: Path) -> None:
+    result = invoke(runner, "ingest", "--db", db, "--json", FORMATS / "cloudevents.jsonl")
+    assert report(result)["accepted"] >= 5
+    assert "missing CloudEvents attribute 'id'" in result.stderr
+    events = stored(db)
+    assert all("cloudevents" in e for e in events)
+    assert all(e["cloudevents"]["specversion"].startswith("1.") for e in events)
+
+
+def test_map_dotted_paths_and_constant_topic(runner: object, tmp_path: Path, db: Path) -> None:
+    lines = [
+        {
+            "id": f"gh-{n}",
+            "created_at": f"2025-01-01T00:00:0{n}Z",
+            "repo": {"name": "x/y"},
+            "action": "push",
+            "n": n,
+        }
+        for n in range(3)
+    ]
+    path = write_jsonl(tmp_path / "gh.jsonl", [*lines, lines[0]])
+    args = ["--map", "event_id=id", "--map", "timestamp=created_at", "--map", "source=repo.name"]
+    counts = report(
+        invoke(runner, "ingest", "--db", db, "--topic", "github", *args, "--json", path)
+    )
+    assert (counts["accepted"], counts["duplicates"]) == (3, 1)
+    first = stored(db)[0]
+    assert (first["topic"], first["event_id"], first["source"]) == ("github", "gh-0", "x/y")
+    assert first["payload"] == {"action": "push", "n": 0}
+
+
+def test_content_ids_ignore_key_order_and_spacing(runner: object, tmp_path: Path, db: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "app.log",
+        [
+            '{"msg": "started", "time": 1715678467, "level": 30}',
+            '{"level":30,"time":1715678467,"msg":"started"}',
+            '{"msg": "stopped", "time": 1715678470, "level": 30}',
+        ],
+    )
+    args = ["--topic", "app", "--id-from-content", "--map", "timestamp=time", "--json"]
+    counts = report(invoke(runner, "ingest", "--db", db, *args, path))
+    assert (counts["accepted"], counts["duplicates"]) == (2, 1)
+    assert stored(db)[0]["timestamp"] == "2024-05-14T09:21:07.000000Z"
+    assert {e["source"] for e in stored(db)} == {"app.log"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--preset", "nope"], ["--map", "colour=x"], ["--time-unit", "h"], ["--key", "a,b"]],
+)
+def test_bad_mapping_options_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    proc = run_logagg("ingest", "--db", tmp_path / "x.db", *args, SAMPLES / "events.jsonl")
+    assert proc.returncode == 2
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_gzip_on_stdin_is_detected(db: Path) -> None:
+    data = gzip.compress((SAMPLES / "events.jsonl").read_bytes())
+    proc = run_logagg("ingest", "--db", db, "--json", "-", input=data)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["accepted"] == 32
+
+
+def test_truncated_gzip_on_stdin_is_an_error_naming_stdin(db: Path) -> None:
+    data = gzip.compress((SAMPLES / "events.jsonl").read_bytes())
+    proc = run_logagg("ingest", "--db", db, "-", input=data[: len(data) // 2])
+    assert proc.returncode == 1
+    assert "<stdin>: corrupt or truncated gzip data" in proc.stderr.decode()
+    check_store(db)
+
+
+def test_emit_new_writes_each_stored_event_once_in_input_order(tmp_path: Path, db: Path) -> None:
+    docs = [event(n) for n in range(5)]
+    data = "".join(json.dumps(d) + "\n" for d in [*docs[:3], docs[1], *docs[3:], docs[0]])
+    proc = run_logagg("ingest", "--db", db, "--emit", "new", "-q", "-", input=data.encode())
+    assert proc.returncode == 0, proc.stderr.decode()
+    emitted = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [e["event_id"] for e in emitted] == [f"e{n}" for n in range(5)]
+    assert emitted == stored(db)
+    again = run_logagg("ingest", "--db", db, "--emit", "new", "-q", "-", input=data.encode())
+    assert again.stdout == b""
+
+
+def test_emit_duplicates_writes_the_dropped_copies(db: Path) -> None:
+    docs = [event(n) for n in range(3)]
+    resent = dict(docs[1], payload={"retry": 1})
+    data = "".join(json.dumps(d) + "\n" for d in [*docs, resent, docs[0]])
+    proc = run_logagg("ingest", "--db", db, "--emit", "duplicates", "-q", "-", input=data.encode())
+    emitted = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(e["event_id"], e["payload"]) for e in emitted] == [
+        ("e1", {"retry": 1}),
+        ("e0", {"n": 0}),
+    ]
+
+
+def test_emit_with_json_report_is_a_usage_error(db: Path) -> None:
+    proc = run_logagg("ingest", "--db", db, "--emit", "new", "--json", "-", input=b"")
+    assert proc.returncode == 2
+
+
+def read_lines(stream: IO[bytes], count: int, within: float) -> list[bytes]:
+    """`count` lines from a pipe, failing (never hanging) if they do not come in time."""
+    fd, buffer, deadline = stream.fileno(), b"", time.monotonic() + within
+    while buffer.count(b"\n") < count:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"only {buffer!r} after {within} s"
+        chunk = os.read(fd, 65536)
+        assert chunk, f"output ended after {buffer!r}"
+        buffer += chunk
+    return buffer.splitlines()[:count]
+
+
+def test_emit_passes_events_on_while_the_pipe_stays_open(db: Path) -> None:
+    """A durable uniq: a new event comes out before the writer closes its end."""
+    proc = subprocess.Popen(
+        logagg_cmd("ingest", "--db", db, "--emit", "new", "-q", "-"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        for n in (1, 1, 2):
+            proc.stdin.write(json.dumps(event(n)).encode() + b"\n")
+            proc.stdin.flush()
+        out = read_lines(proc.stdout, 2, within=30)
+        assert [json.loads(line)["event_id"] for line in out] == ["e1", "e2"]
+        assert proc.poll() is None, "the events came out before the input ended"
+        assert len(stored(db)) == 2, "emitted only once committed"
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
