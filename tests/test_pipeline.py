@@ -203,9 +203,11 @@ class CountingStore(SQLiteStore):
 
     sizes: list[int]
 
-    def write_rows(self, batches: Sequence[RowBatch], invalid: int = 0) -> BatchResult:
+    def write_rows(
+        self, batches: Sequence[RowBatch], invalid: int = 0, *, new_events: bool = False
+    ) -> BatchResult:
         self.sizes.append(sum(batch.count for batch in batches))
-        return super().write_rows(batches, invalid)
+        return super().write_rows(batches, invalid, new_events=new_events)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 10])
@@ -413,14 +415,16 @@ class FailingStore(SQLiteStore):
     how: str
     calls: int
 
-    def write_rows(self, batches: Sequence[RowBatch], invalid: int = 0) -> BatchResult:
+    def write_rows(
+        self, batches: Sequence[RowBatch], invalid: int = 0, *, new_events: bool = False
+    ) -> BatchResult:
         self.calls += 1
         if self.calls == self.good + 1:
             if self.how == "readonly":
                 self._conn.execute("PRAGMA query_only = 1")
             else:
                 self._conn.close()
-        return super().write_rows(batches, invalid)
+        return super().write_rows(batches, invalid, new_events=new_events)
 
 
 def failing_store(db: Path, how: str, good: int = 1) -> FailingStore:
