@@ -156,6 +156,15 @@ def ingest(
             help="No report, no progress, no reject messages (rejects still counted).",
         ),
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-F",
+            help="Keep reading the files as they grow, like tail -F (rotation, truncation, "
+            "files that appear later), continuing where the last committed line ends.",
+        ),
+    ] = False,
     emit: Annotated[
         Emit | None,
         typer.Option(
@@ -239,6 +248,8 @@ def ingest(
         raise UsageError("stdin ('-') can be read only once")
     if emit is not None and json_:
         raise UsageError("--emit writes events to stdout: use it without --json")
+    if follow and any(s.is_stdin for s in sources):
+        raise UsageError("--follow reads files: name them (stdin is followed anyway)")
     mapping = _mapping(preset, map_, payload_field, topic, source, id_from_content, time_unit, key)
     options = IngestOptions(
         batch_size=batch_size,
@@ -246,6 +257,7 @@ def ingest(
         queue_size=queue_size,
         max_line_bytes=max_line_bytes,
         mapping=mapping,
+        follow=follow,
     )
     try:
         # Rejected lines are raw events: created like the store, never world-writable.
@@ -253,7 +265,9 @@ def ingest(
     except OSError as exc:
         raise UsageError(f"--rejects {rejects}: {exc.strerror}") from None
     printer = RejectPrinter(show=10, quiet=quiet, sink=sink)
-    show_progress = not quiet and sys.stderr.isatty() and not all(s.is_stdin for s in sources)
+    show_progress = (
+        not quiet and not follow and sys.stderr.isatty() and not all(s.is_stdin for s in sources)
+    )
     stop = threading.Event()
     try:
         with (

@@ -120,6 +120,11 @@ def _row(event: dict[str, Any]) -> Row:
     )
 
 
+def validate_row(event: Any) -> Row:
+    """Validate one decoded event (a dict) into a row; raises ValidationError or ValueError."""
+    return _row(EVENT.validate_python(event))
+
+
 def to_row(event: dict[str, Any]) -> EventRow:
     """The row of a validated event; fields beyond the five known ones go to `extra`."""
     return EventRow(*_row(event))
@@ -159,6 +164,20 @@ def encode_json(value: Any) -> str:
     except ValueError:
         raise ValueError(NOT_FINITE) from None
     return text.decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a followed file has been read: every line before `offset` is committed.
+
+    `device` and `inode` tell the file itself from another file put at the same path.
+    """
+
+    path: str
+    device: int
+    inode: int
+    offset: int
+    line: int
 
 
 @dataclass(frozen=True, slots=True)

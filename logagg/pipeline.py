@@ -10,6 +10,7 @@ read is committed before `ingest` returns.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import threading
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 from logagg.errors import LogaggError, SourceError, StoreError
 from logagg.mapping import PRESETS, Mapping
 from logagg.models import (
+    Checkpoint,
     Mapper,
     Reject,
     Row,
@@ -31,7 +33,7 @@ from logagg.models import (
     encode_rows,
     raw_text,
 )
-from logagg.sources import Chunk, Source, read_chunks
+from logagg.sources import Chunk, Source, follow_chunks, read_chunks
 from logagg.store import BatchResult, SQLiteStore
 
 PUT_POLL_SECONDS = 0.1
@@ -48,6 +50,7 @@ class IngestOptions:
     queue_size: int = 12
     max_line_bytes: int = 1 << 20
     mapping: Mapping | None = None  # how to read lines not in logagg's schema
+    follow: bool = False  # read files as they grow, with checkpoints, until stopped
 
 
 @dataclass(slots=True)
@@ -103,6 +106,7 @@ class _Batch:
     rows: list[RowBatch]
     invalid: int
     ack: _Ack | None = None
+    checkpoint: Checkpoint | None = None
 
 
 _END = _Batch([], 0)
@@ -133,6 +137,7 @@ class _Consumer(threading.Thread):
         self._empty_acks: list[_Ack] = []  # submitted batches without rows
         self._count = 0  # events in _pending
         self._invalid = 0
+        self._checkpoints: dict[str, Checkpoint] = {}  # saved with the next commit
         self._deadline: float | None = None  # when the oldest pending item must be committed
 
     def run(self) -> None:
@@ -165,7 +170,9 @@ class _Consumer(threading.Thread):
                 self._invalid += batch.invalid
                 if batch.ack is not None and not batch.rows:
                     self._empty_acks.append(batch.ack)
-                if self._deadline is None and (self._pending or self._invalid):
+                if batch.checkpoint is not None:
+                    self._checkpoints[batch.checkpoint.path] = batch.checkpoint
+                if self._deadline is None and (self._pending or self._invalid or self._checkpoints):
                     self._deadline = time.monotonic() + interval
             if self._count >= size or (
                 self._deadline is not None and time.monotonic() >= self._deadline
@@ -174,11 +181,15 @@ class _Consumer(threading.Thread):
 
     def _commit(self) -> None:
         """Write what is pending in one transaction, then acknowledge what it held."""
-        if not self._pending and not self._invalid:
+        if not self._pending and not self._invalid and not self._checkpoints:
             return
         result = self.store.write_rows(
-            self._pending, self._invalid, new_events=self.on_commit is not None
+            self._pending,
+            self._invalid,
+            new_events=self.on_commit is not None,
+            checkpoints=list(self._checkpoints.values()),
         )
+        self._checkpoints = {}
         if self.on_commit is not None:
             self.on_commit(self._pending, result)
         for rows, ack, accepted in zip(self._pending, self._acks, result.per_batch, strict=True):
@@ -240,20 +251,43 @@ class Writer:
     def submit(
         self, rows: Sequence[Row], invalid: int = 0, timeout: float | None = None
     ) -> Future[BatchResult]:
-        """Queue rows for the writer; raises queue.Full if no room came within `timeout`."""
-        if not self.running:
-            _raise_consumer_error(self._consumer)
-            raise StoreError("the writer is not running")
+        """Queue rows for the writer; raises queue.Full if no room came within `timeout`.
+
+        The future cannot be cancelled: once submitted, a batch is written.
+        """
+        future: Future[BatchResult] = Future()
+        future.set_running_or_notify_cancel()
+        if not rows and not invalid:
+            future.set_result(BatchResult(0, 0, 0))
+            return future
         size = self.options.batch_size
         parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
-        ack = _Ack(Future(), len(parts), invalid)
-        self._inbox.put(_Batch(parts, invalid, ack), timeout=timeout)
-        return ack.future
+        self._put(_Batch(parts, invalid, _Ack(future, len(parts), invalid)), timeout)
+        return future
+
+    def _put(self, batch: _Batch, timeout: float | None) -> None:
+        """Put on the queue while the writer runs (a dead writer never leaves it waiting)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not self._consumer.is_alive():
+                _raise_consumer_error(self._consumer)
+                raise StoreError("the writer is not running")
+            wait = PUT_POLL_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise queue.Full
+            try:
+                self._inbox.put(batch, timeout=wait)
+                return
+            except queue.Full:
+                continue
 
     def close(self) -> None:
         """Commit what is queued and stop the writer; raises the writer's error, if any."""
         if self._consumer.is_alive():
-            self._inbox.put(_END)
+            with contextlib.suppress(StoreError):
+                self._put(_END, None)
             self._consumer.join()
         _raise_consumer_error(self._consumer)
 
@@ -291,6 +325,7 @@ def ingest(
     stop = stop or threading.Event()
     report = IngestReport()
     inbox: queue.Queue[_Batch] = queue.Queue(maxsize=options.queue_size)
+    checkpoints = store.checkpoints() if options.follow else {}  # before the writer starts
     consumer = _Consumer(store, inbox, options, report, stop, on_commit)
     started = time.monotonic()
     consumer.start()
@@ -304,21 +339,32 @@ def ingest(
                 continue
         _raise_consumer_error(consumer)
 
+    def mapper(source: Source) -> Mapper | None:
+        if options.mapping is None:
+            return None
+        return options.mapping.with_default_source(source.label).apply
+
     try:
-        for source in sources:
+        if options.follow:
+            mappers = {source: mapper(source) for source in sources}
+            try:
+                # A chunk holds at most batch_size lines, so that its rows and its checkpoint
+                # always commit together.
+                for source, chunk in follow_chunks(
+                    sources, options.max_line_bytes, stop, checkpoints, options.batch_size
+                ):
+                    put(_decode(chunk, source.name, options, on_reject, mappers[source]))
+            except SourceError as exc:
+                report.source_errors.append(str(exc))
+        for source in [] if options.follow else sources:
             if stop.is_set():
                 break
             progress = (
                 (lambda pos, size, s=source: on_progress(s, pos, size)) if on_progress else None
             )
-            mapper = (
-                options.mapping.with_default_source(source.label).apply
-                if options.mapping is not None
-                else None
-            )
             try:
                 for chunk in read_chunks(source, options.max_line_bytes, stop, stdin, progress):
-                    put(_decode(chunk, source.name, options, on_reject, mapper))
+                    put(_decode(chunk, source.name, options, on_reject, mapper(source)))
             except SourceError as exc:
                 report.source_errors.append(str(exc))
     finally:
@@ -344,7 +390,7 @@ def _decode(
         for reject in rejects:
             on_reject(reject)
     parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
-    return _Batch(parts, len(rejects))
+    return _Batch(parts, len(rejects), checkpoint=chunk.checkpoint)
 
 
 def _raise_consumer_error(consumer: _Consumer) -> None:

@@ -14,11 +14,12 @@ import stat
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import SourceError
+from logagg.models import Checkpoint
 
 FILE_CHUNK = 1 << 20  # bytes per read from a regular file
 PIPE_CHUNK = 1 << 16  # bytes per read from a pipe: whatever is there, up to this
@@ -38,6 +39,7 @@ class Chunk:
 
     lines: list[tuple[int, bytes]] = field(default_factory=list)
     too_long: list[tuple[int, int, bytes]] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None  # of a followed file, after these lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,57 +216,237 @@ def read_chunks(
         reader.close()
 
 
-def _split(
-    chunks: Iterator[bytes], max_line_bytes: int, after_read: Callable[[], None] | None
-) -> Iterator[Chunk]:
-    line_no = 0
-    partial = bytearray()  # the start of a line whose newline has not come yet
-    skipping = 0  # > 0 while inside an over-long line: its size so far
-    head = b""
-    first = True
-    at_end = False
-    for data in chunks:
-        if not data:
-            at_end = True
-            break
-        if after_read:
-            after_read()
-        if first:
-            first = False
+class LineSplitter:
+    """Splits bytes, as they come, into numbered complete lines.
+
+    `feed` returns the lines completed by a piece of input; `end` the last line when the
+    input ends without a newline. `pending` is how many bytes wait for their newline.
+    """
+
+    def __init__(self, max_line_bytes: int, line_no: int = 0) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.line_no = line_no  # number of the last complete line
+        self._partial = bytearray()  # the start of a line whose newline has not come yet
+        self._skipping = 0  # > 0 while inside an over-long line: its size so far
+        self._head = b""
+        self._first = line_no == 0
+
+    @property
+    def pending(self) -> int:
+        return self._skipping or len(self._partial)
+
+    def feed(self, data: bytes) -> Chunk:
+        if self._first and data:
+            self._first = False
             data = data.removeprefix(BOM)
         out = Chunk()
         pieces = data.split(b"\n")
         last = pieces.pop()  # the text after the last newline: not a complete line yet
+        limit = self.max_line_bytes
         for i, piece in enumerate(pieces):
-            line_no += 1
-            if i == 0 and (partial or skipping):
-                if skipping:
-                    out.too_long.append((line_no, skipping + len(piece) + 1, head))
-                    skipping = 0
+            self.line_no += 1
+            if i == 0 and (self._partial or self._skipping):
+                if self._skipping:
+                    out.too_long.append((self.line_no, self._skipping + len(piece) + 1, self._head))
+                    self._skipping = 0
                     continue
-                partial += piece
-                piece = bytes(partial)
-                partial.clear()
+                self._partial += piece
+                piece = bytes(self._partial)
+                self._partial.clear()
             if piece.endswith(b"\r"):
                 piece = piece[:-1]
-            if len(piece) > max_line_bytes:
-                out.too_long.append((line_no, len(piece) + 1, piece[:HEAD_BYTES]))
+            if len(piece) > limit:
+                out.too_long.append((self.line_no, len(piece) + 1, piece[:HEAD_BYTES]))
             elif piece and not piece.isspace():
-                out.lines.append((line_no, piece))
-        if skipping:
-            skipping += len(last)
+                out.lines.append((self.line_no, piece))
+        if self._skipping:
+            self._skipping += len(last)
         elif last:
-            partial += last
-            if len(partial) > max_line_bytes:
-                skipping, head = len(partial), bytes(partial[:HEAD_BYTES])
-                partial.clear()
+            self._partial += last
+            if len(self._partial) > limit:
+                self._skipping, self._head = len(self._partial), bytes(self._partial[:HEAD_BYTES])
+                self._partial.clear()
+        return out
+
+    def end(self) -> Chunk:
+        """The last line of an input that ended without a newline (as a Chunk)."""
+        out = Chunk()
+        if self._skipping:
+            self.line_no += 1
+            out.too_long.append((self.line_no, self._skipping, self._head))
+        elif self._partial:
+            self.line_no += 1
+            piece = bytes(self._partial).removesuffix(b"\r")
+            if piece and not piece.isspace():
+                out.lines.append((self.line_no, piece))
+        self._partial.clear()
+        self._skipping = 0
+        return out
+
+
+def _split(
+    chunks: Iterator[bytes], max_line_bytes: int, after_read: Callable[[], None] | None
+) -> Iterator[Chunk]:
+    splitter = LineSplitter(max_line_bytes)
+    for data in chunks:
+        if not data:  # the end of the input, not a stop
+            last = splitter.end()
+            if last.lines or last.too_long:
+                yield last
+            return
+        if after_read:
+            after_read()
+        out = splitter.feed(data)
         if out.lines or out.too_long:
             yield out
-    if not at_end:
-        return  # stopped: a partial last line is not a line
-    if skipping:
-        yield Chunk(too_long=[(line_no + 1, skipping, head)])
-    elif partial:
-        piece = bytes(partial).removesuffix(b"\r")
-        if piece and not piece.isspace():
-            yield Chunk(lines=[(line_no + 1, piece)])
+
+
+FOLLOW_POLL_SECONDS = 0.2  # how often followed files are looked at when nothing came
+FOLLOW_READS_PER_TURN = 8  # reads from one file before the next file gets a turn
+FOLLOW_HEAD_BYTES = 256  # the start of a followed file, to notice it was rewritten
+
+
+class _Followed:
+    """One file read like `tail -F`: through rotation and truncation, from a checkpoint."""
+
+    def __init__(
+        self, source: Source, max_line_bytes: int, max_lines: int, start: Checkpoint | None
+    ) -> None:
+        self.source = source
+        self.max_lines = max_lines
+        self.path = os.path.abspath(source.path)
+        self.max_line_bytes = max_line_bytes
+        self.start = start
+        self.fd: int | None = None
+        self.device = self.inode = self.offset = 0
+        self.head = b""  # the file's first bytes as read
+        self.splitter = LineSplitter(max_line_bytes)
+
+    def _open(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # not there yet: looked for again at the next turn
+        except OSError as exc:
+            raise SourceError(f"{self.source.path}: cannot open: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(fd)
+            raise SourceError(f"{self.source.path}: is a directory")
+        self.fd, self.device, self.inode = fd, st.st_dev, st.st_ino
+        self.offset, line = 0, 0
+        start, self.start = self.start, None
+        same_file = start and (start.device, start.inode) == (st.st_dev, st.st_ino)
+        if start and same_file and start.offset <= st.st_size:  # else: read it from the top
+            self.offset, line = start.offset, start.line
+            os.lseek(fd, self.offset, os.SEEK_SET)
+        self.splitter = LineSplitter(self.max_line_bytes, line)
+        self.head = os.pread(fd, FOLLOW_HEAD_BYTES, 0)
+        return True
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _checkpoint(self, chunk: Chunk) -> Chunk:
+        chunk.checkpoint = Checkpoint(
+            self.path,
+            self.device,
+            self.inode,
+            self.offset - self.splitter.pending,
+            self.splitter.line_no,
+        )
+        return chunk
+
+    def turn(self) -> Iterator[Chunk]:
+        """What the file has now; at its end, notices rotation and truncation."""
+        if self.fd is None and not self._open():
+            return
+        assert self.fd is not None
+        for _ in range(FOLLOW_READS_PER_TURN):
+            try:
+                data = os.read(self.fd, FILE_CHUNK)
+            except OSError as exc:
+                raise SourceError(f"{self.source.path}: read failed: {exc.strerror}") from None
+            if not data:
+                break
+            for piece in _pieces(data, self.max_lines):
+                self.offset += len(piece)
+                yield self._checkpoint(self.splitter.feed(piece))
+        else:
+            return  # more to read: the next turn goes on
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return  # moved away, the new file is not there yet: keep what is open
+        if (st.st_dev, st.st_ino) != (self.device, self.inode):
+            last = self.splitter.end()  # rotated: the old file is complete, read to its end
+            if last.lines or last.too_long:
+                yield self._checkpoint(last)
+            self._close()
+        elif st.st_size < self.offset or not self._same_head():
+            # Truncated (and perhaps written again) in place: start again from the top.
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.offset = 0
+            self.head = b""
+            self.splitter = LineSplitter(self.max_line_bytes)
+
+    def _same_head(self) -> bool:
+        assert self.fd is not None
+        now = os.pread(self.fd, FOLLOW_HEAD_BYTES, 0)
+        if len(self.head) < FOLLOW_HEAD_BYTES and now.startswith(self.head):
+            self.head = now  # the file was shorter than the head when opened
+            return True
+        return now.startswith(self.head) if len(now) < len(self.head) else now == self.head
+
+    def close(self) -> None:
+        self._close()
+
+
+def _pieces(data: bytes, max_lines: int) -> Iterator[bytes]:
+    """`data` cut after every `max_lines` newlines."""
+    if data.count(b"\n") <= max_lines:
+        yield data
+        return
+    start = 0
+    while start < len(data):
+        end = start
+        for _ in range(max_lines):
+            end = data.find(b"\n", end) + 1
+            if end == 0:
+                end = len(data)
+                break
+        yield data[start:end]
+        start = end
+
+
+def follow_chunks(
+    sources: Sequence[Source],
+    max_line_bytes: int,
+    stop: threading.Event,
+    start: Mapping[str, Checkpoint],
+    max_lines: int,
+) -> Iterator[tuple[Source, Chunk]]:
+    """Lines of every file as they are written, like `tail -F`, until `stop` is set.
+
+    Survives rotation (rename and a new file), truncation, and files that appear later.
+    Each chunk holds at most `max_lines` lines and carries the Checkpoint of its file after
+    them; `start` maps absolute paths to where a previous run stopped: the same file
+    (device and inode) continues there, another file at that path is read from its start.
+    """
+    files = [
+        _Followed(s, max_line_bytes, max_lines, start.get(os.path.abspath(s.path))) for s in sources
+    ]
+    try:
+        while not stop.is_set():
+            moved = False
+            for followed in files:
+                for chunk in followed.turn():
+                    moved = True
+                    yield followed.source, chunk
+            if not moved:
+                stop.wait(FOLLOW_POLL_SECONDS)
+    finally:
+        for followed in files:
+            followed.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import EventRow, RowBatch, StoredEvent, encode_rows
+from logagg.models import Checkpoint, EventRow, RowBatch, StoredEvent, encode_rows
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 60.0
 CACHE_KIB = 64 * 1024
 MERGE_MAX_TOPICS = 64  # above this many topics an unfiltered listing sorts instead of merging
@@ -54,8 +55,19 @@ INSERT INTO counters VALUES (1, 0, 0, 0, 0);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_V2 = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    path       TEXT PRIMARY KEY,  -- absolute path of a file read with --follow
+    device     INTEGER NOT NULL,
+    inode      INTEGER NOT NULL,
+    offset     INTEGER NOT NULL,  -- every line before this byte is committed
+    line       INTEGER NOT NULL,  -- the number of the last line before offset
+    updated_at TEXT NOT NULL
+);
+"""
+
 # MIGRATIONS[v] takes a store from version v to v + 1.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # One statement a RowBatch: SQLite unpacks the JSON array itself, so the whole batch goes
@@ -82,6 +94,12 @@ _UPSERT_TOPIC = (
 _ADD_COUNTERS = (
     "UPDATE counters SET received = received + ?, accepted = accepted + ?,"
     " duplicates = duplicates + ?, invalid = invalid + ? WHERE id = 1"
+)
+_SAVE_CHECKPOINT = (
+    "INSERT INTO checkpoints (path, device, inode, offset, line, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET device = excluded.device,"
+    " inode = excluded.inode, offset = excluded.offset, line = excluded.line,"
+    " updated_at = excluded.updated_at"
 )
 _SELECT_EVENTS = (
     "SELECT topic, event_id, timestamp, source, payload, extra, ingested_at, rowid FROM events"
@@ -211,14 +229,27 @@ class SQLiteStore:
         conn = self._conn
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         self._check_version(version)  # before anything changes a file that is not ours
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
+        self._enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         conn.execute("PRAGMA foreign_keys = OFF")
         if version < SCHEMA_VERSION:
             self._migrate()
+
+    def _enable_wal(self) -> None:
+        """Switch a new file to WAL. Two processes creating one store may race here, and
+        SQLite answers the loser at once instead of waiting: so retry, up to the timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch to WAL journal mode (got {mode})")
 
     def _check_version(self, version: int) -> None:
         """Refuse a store of a newer schema, and a SQLite file that is not a logagg store."""
@@ -287,12 +318,18 @@ class SQLiteStore:
         return self.write_rows([encode_rows(events)] if events else [], invalid)
 
     def write_rows(
-        self, batches: Sequence[RowBatch], invalid: int = 0, *, new_events: bool = False
+        self,
+        batches: Sequence[RowBatch],
+        invalid: int = 0,
+        *,
+        new_events: bool = False,
+        checkpoints: Sequence[Checkpoint] = (),
     ) -> BatchResult:
         """Insert every row of `batches` and count `invalid` lines, in one transaction.
 
         Within the batches (in order) and against the store, the first copy of a key wins.
         With `new_events`, the result also holds the events this transaction stored.
+        `checkpoints` (of followed files) are saved in the same transaction as the rows.
         """
         now = utc_now()
         received = sum(batch.count for batch in batches)
@@ -309,6 +346,11 @@ class SQLiteStore:
             accepted = sum(count for _, count, _, _ in per_topic)
             duplicates = received - accepted
             conn.execute(_ADD_COUNTERS, (received + invalid, accepted, duplicates, invalid))
+            if checkpoints:
+                conn.executemany(
+                    _SAVE_CHECKPOINT,
+                    [(c.path, c.device, c.inode, c.offset, c.line, now) for c in checkpoints],
+                )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_ingest_at', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -317,6 +359,16 @@ class SQLiteStore:
         return BatchResult(accepted, duplicates, invalid, per_batch, new)
 
     # --- reading -------------------------------------------------------------------------
+
+    def checkpoints(self) -> dict[str, Checkpoint]:
+        """The saved position of every file followed into this store, by absolute path."""
+        try:
+            rows = self._conn.execute(
+                "SELECT path, device, inode, offset, line FROM checkpoints"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, self.path)) from None
+        return {row[0]: Checkpoint(*row) for row in rows}
 
     def events(self, query: EventQuery) -> Iterator[StoredEvent]:
         """Stored events matching `query`, ordered by timestamp (ties: insertion order)."""

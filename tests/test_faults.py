@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg, write_jsonl
 
+from logagg.store import SCHEMA_VERSION
+
 SEED = int(os.environ.get("LOGAGG_TEST_SEED", "20250101"))
 
 
@@ -409,7 +411,7 @@ def test_a_store_of_a_newer_schema_is_refused_and_left_alone(
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 99
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 3
-        conn.execute("PRAGMA user_version = 1")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.close()
     assert check_store(db)["rows"] == 3
 

@@ -204,10 +204,10 @@ class CountingStore(SQLiteStore):
     sizes: list[int]
 
     def write_rows(
-        self, batches: Sequence[RowBatch], invalid: int = 0, *, new_events: bool = False
+        self, batches: Sequence[RowBatch], invalid: int = 0, **options: Any
     ) -> BatchResult:
         self.sizes.append(sum(batch.count for batch in batches))
-        return super().write_rows(batches, invalid, new_events=new_events)
+        return super().write_rows(batches, invalid, **options)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 10])
@@ -416,7 +416,7 @@ class FailingStore(SQLiteStore):
     calls: int
 
     def write_rows(
-        self, batches: Sequence[RowBatch], invalid: int = 0, *, new_events: bool = False
+        self, batches: Sequence[RowBatch], invalid: int = 0, **options: Any
     ) -> BatchResult:
         self.calls += 1
         if self.calls == self.good + 1:
@@ -424,7 +424,7 @@ class FailingStore(SQLiteStore):
                 self._conn.execute("PRAGMA query_only = 1")
             else:
                 self._conn.close()
-        return super().write_rows(batches, invalid, new_events=new_events)
+        return super().write_rows(batches, invalid, **options)
 
 
 def failing_store(db: Path, how: str, good: int = 1) -> FailingStore:
