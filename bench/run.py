@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -269,6 +269,7 @@ class Outcome:
     big_runs: list[Run] = field(default_factory=list)
     big_rows: list[int] = field(default_factory=list)
     big_floor: Run | None = None
+    serve: dict[str, Any] | None = None
     queries: dict[str, tuple[float, float]] = field(default_factory=dict)
     trickle: dict[str, float] = field(default_factory=dict)
     startup: tuple[float, float] | None = None
@@ -703,6 +704,14 @@ def render(cfg: Config, out: Outcome) -> str:
             f" {_ms(on_typer)} | {ratio:.2f}x | ≤ {MAX_STARTUP_RATIO}x"
             f" | {verdict(ratio <= MAX_STARTUP_RATIO)} |"
         )
+    if out.serve:
+        s = out.serve
+        md.append(
+            f"| `logagg serve`: {_n(s['events_sent'])} events POSTed by {s['clients']} clients"
+            f" in batches of {s['batch']}, each answered once committed"
+            f" | {_n(round(s['events_per_second']))} events/s (p50 {s['latency_p50_ms']} ms,"
+            f" p99 {s['latency_p99_ms']} ms) | | |"
+        )
     notes = []
     if out.queries:
         notes.append(f"Queries: medians of {cfg.query_repeat} alternated runs on each store.")
@@ -754,7 +763,26 @@ def bench(cfg: Config) -> Outcome:
     if cfg.trickle_seconds > 0:
         trickle(cfg, out)
     startup(cfg, out)
+    serve_load(cfg, out)
     return out
+
+
+def serve_load(cfg: Config, out: Outcome) -> None:
+    """Events/s through `logagg serve` (HTTP, batches of 100), if the serve extra is there."""
+    events = _env_int("BENCH_SERVE_EVENTS", 200_000)
+    if events <= 0:
+        return
+    try:
+        sys.path.insert(0, str(HERE))
+        import serve_load as load  # bench/serve_load.py
+    except ImportError as exc:
+        log(f"serve load skipped: {exc}")
+        return
+    result = load.measure(events=events, clients=8, batch=100, data=cfg.data)
+    out.serve = result
+    log(f"serve: {result['events_per_second']:.0f} events/s, p99 {result['latency_p99_ms']} ms")
+    for problem in result["problems"]:
+        out.mismatch(f"serve load: {problem}")
 
 
 def main() -> int:
