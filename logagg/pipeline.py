@@ -1,11 +1,12 @@
 """Reader -> bounded queue -> one consumer that writes the store; and the `IngestReport`.
 
-The reader (the calling thread) decodes each chunk of input into events and rejects and
+The reader (the calling thread) decodes each chunk of input into rows and rejects and
 puts one batch per chunk on a bounded queue: a full queue blocks it, which is the memory
 bound. The consumer thread is the only writer: it commits when it holds `batch_size`
 events or when `flush_interval` has passed since the first uncommitted item, whichever
 comes first. On `stop` (a signal), the reader stops between reads and everything already
-read is committed before `ingest` returns.
+read is committed before `ingest` returns. `Writer` offers the same queue and writer to a
+long-lived face (the HTTP server), acknowledging each batch once it is committed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -63,7 +63,6 @@ class IngestReport:
     invalid: int = 0
     elapsed_seconds: float = 0.0
     source_errors: list[str] = field(default_factory=list)
-    signal: int | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -401,7 +400,7 @@ def _raise_consumer_error(consumer: _Consumer) -> None:
     raise StoreError(f"writer failed: {consumer.error!r}") from consumer.error
 
 
-@contextmanager
+@contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
     """While active, SIGINT and SIGTERM set `stop` (once; a second one acts as usual).
 
