@@ -280,11 +280,16 @@ class Emitter:
 
 
 @contextmanager
-def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int], None] | None]:
-    """A Rich progress bar on stderr for file input; yields its update callback or None."""
+def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None] | None]:
+    """A Rich progress bar on stderr for file input (bytes, and events per second).
+
+    Yields its update callback `(source, position, size, lines so far)`, or None.
+    """
     if not enabled:
         yield None
         return
+    import time
+
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -294,19 +299,22 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int], None] | N
     )
 
     tasks: dict[str, Any] = {}
+    started = time.monotonic()
     with Progress(
         "{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
+        "{task.fields[rate]}",
         TimeRemainingColumn(),
         console=console(stderr=True),
         transient=True,
     ) as bar:
 
-        def update(source: Any, position: int, size: int) -> None:
+        def update(source: Any, position: int, size: int, lines: int) -> None:
             if source.name not in tasks:
-                tasks[source.name] = bar.add_task(source.name, total=size)
-            bar.update(tasks[source.name], completed=position)
+                tasks[source.name] = bar.add_task(source.name, total=size, rate="")
+            rate = lines / max(time.monotonic() - started, 1e-3)
+            bar.update(tasks[source.name], completed=position, rate=f"{rate:,.0f} lines/s")
 
         yield update

@@ -307,7 +307,7 @@ def ingest(
     *,
     stop: threading.Event | None = None,
     on_reject: Callable[[Reject], None] | None = None,
-    on_progress: Callable[[Source, int, int], None] | None = None,
+    on_progress: Callable[[Source, int, int, int], None] | None = None,
     on_commit: OnCommit | None = None,
     stdin: BinaryIO | None = None,
 ) -> IngestReport:
@@ -338,6 +338,8 @@ def ingest(
                 continue
         _raise_consumer_error(consumer)
 
+    report_lines = [0]  # lines read so far, for progress
+
     def mapper(source: Source) -> Mapper | None:
         if options.mapping is None:
             return None
@@ -359,10 +361,13 @@ def ingest(
             if stop.is_set():
                 break
             progress = (
-                (lambda pos, size, s=source: on_progress(s, pos, size)) if on_progress else None
+                (lambda pos, size, s=source: on_progress(s, pos, size, report_lines[0]))
+                if on_progress
+                else None
             )
             try:
                 for chunk in read_chunks(source, options.max_line_bytes, stop, stdin, progress):
+                    report_lines[0] += len(chunk.lines) + len(chunk.too_long)
                     put(_decode(chunk, source.name, options, on_reject, mapper(source)))
             except SourceError as exc:
                 report.source_errors.append(str(exc))
