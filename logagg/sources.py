@@ -7,7 +7,6 @@ than the limit are skipped without ever being held whole in memory.
 
 from __future__ import annotations
 
-import gzip
 import os
 import select
 import stat
@@ -25,6 +24,8 @@ FILE_CHUNK = 1 << 20  # bytes per read from a regular file
 PIPE_CHUNK = 1 << 16  # bytes per read from a pipe: whatever is there, up to this
 POLL_SECONDS = 0.1  # how often a blocked pipe read looks at the stop flag
 GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DECOMPRESS_SLICE = 16 * 1024  # compressed bytes decompressed at a time
 BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1024  # how much of an over-long line is kept to show
 
@@ -89,38 +90,79 @@ class _Reader:
             self._closer()
 
 
-class _MaybeGunzip:
-    """Reads through `read`, decompressing when the input starts with gzip's magic bytes.
+class CorruptInput(Exception):
+    """Compressed input that is damaged or cut short."""
 
-    For streams that cannot seek (stdin, pipes); several gzip members in a row are read as
-    one, as `gzip -d` does. A truncated stream raises EOFError, corrupt data zlib.error.
+
+class _Decompressing:
+    """Reads through `read`, decompressing gzip or zstd input told by its magic bytes.
+
+    Streams (stdin, pipes) and files alike; several members or frames in a row are read as
+    one, as `gzip -d` and `zstd -d` do. Damaged or truncated input raises CorruptInput.
     """
 
     def __init__(self, read: Callable[[int], bytes]) -> None:
         self._read = read
-        self._inflate: Any = None
+        self._new: Callable[[], Any] | None = None  # makes a decompressor for one member
+        self._codec = ""
+        self._unpack: Any = None
         self._started = False
+        self._error: CorruptInput | None = None  # raised once what came before it is out
 
     def __call__(self, n: int) -> bytes:
+        if self._error is not None:
+            raise self._error
         while True:
             data = self._read(n)
             if not self._started:
                 self._started = True
-                if data[:2] == GZIP_MAGIC:
-                    self._inflate = zlib.decompressobj(wbits=31)
-            if self._inflate is None:
+                self._choose(data)
+            if self._unpack is None:
                 return data
-            if not data:
-                if not self._inflate.eof:
-                    raise EOFError("compressed data ended before the end-of-stream marker")
-                return b""
-            out = self._inflate.decompress(data)
-            while self._inflate.eof and self._inflate.unused_data:
-                rest = self._inflate.unused_data
-                self._inflate = zlib.decompressobj(wbits=31)
-                out += self._inflate.decompress(rest)
-            if out:
-                return out
+            out = []
+            # Small slices, so that the data before a damaged spot still comes out.
+            for at in range(0, max(len(data), 1), DECOMPRESS_SLICE):
+                try:
+                    out.append(self._feed(data[at : at + DECOMPRESS_SLICE]))
+                except Exception as exc:
+                    if not isinstance(exc, (zlib.error, EOFError)) and (
+                        type(exc).__name__ != "ZstdError"  # zstandard's, imported lazily
+                    ):
+                        raise
+                    self._error = CorruptInput(f"corrupt or truncated {self._codec} data ({exc})")
+                    if any(out):
+                        return b"".join(out)
+                    raise self._error from None
+            if any(out) or not data:
+                return b"".join(out)
+
+    def _choose(self, data: bytes) -> None:
+        if data[:2] == GZIP_MAGIC:
+            self._codec, self._new = "gzip", lambda: zlib.decompressobj(wbits=31)
+        elif data[:4] == ZSTD_MAGIC:
+            try:
+                import zstandard
+            except ImportError:
+                raise CorruptInput(
+                    "zstd input needs the zstandard package: pip install 'logagg[zstd]'"
+                ) from None
+            self._codec = "zstd"
+            self._new = lambda: zstandard.ZstdDecompressor().decompressobj()
+        if self._new is not None:
+            self._unpack = self._new()
+
+    def _feed(self, data: bytes) -> bytes:
+        assert self._new is not None
+        if not data:
+            if not self._unpack.eof:
+                raise EOFError("the input ended inside a compressed member")
+            return b""
+        out = self._unpack.decompress(data)
+        while self._unpack.eof and self._unpack.unused_data:
+            rest = self._unpack.unused_data
+            self._unpack = self._new()
+            out += self._unpack.decompress(rest)
+        return out
 
 
 def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
@@ -131,8 +173,8 @@ def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
             mode = os.fstat(fd).st_mode
         except (OSError, ValueError, AttributeError):
             read1 = getattr(stream, "read1", stream.read)
-            return _Reader(_MaybeGunzip(read1), 0, PIPE_CHUNK)
-        raw_read = _MaybeGunzip(lambda n: os.read(fd, n))
+            return _Reader(_Decompressing(read1), 0, PIPE_CHUNK)
+        raw_read = _Decompressing(lambda n: os.read(fd, n))
         if stat.S_ISREG(mode):
             return _Reader(raw_read, 0, FILE_CHUNK)
         return _Reader(raw_read, 0, PIPE_CHUNK, poll_fd=fd)
@@ -148,25 +190,15 @@ def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
         st = os.fstat(raw.fileno())
         if stat.S_ISDIR(st.st_mode):
             raise SourceError(f"{source.path}: is a directory")
-        regular = stat.S_ISREG(st.st_mode)
-        magic = raw.read(2) if regular else b""
-        if regular:
-            raw.seek(0)
     except BaseException:
         raw.close()
         raise
-    if magic == GZIP_MAGIC:
-        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
-
-        def close_both() -> None:
-            unzipped.close()
-            raw.close()
-
-        return _Reader(unzipped.read1, st.st_size, FILE_CHUNK, position=raw.tell, closer=close_both)
-    if regular:
-        return _Reader(raw.read, st.st_size, FILE_CHUNK, position=raw.tell, closer=raw.close)
+    read = _Decompressing(raw.read)
+    if stat.S_ISREG(st.st_mode):
+        return _Reader(read, st.st_size, FILE_CHUNK, position=raw.tell, closer=raw.close)
     fd = raw.fileno()
-    return _Reader(lambda n: os.read(fd, n), 0, PIPE_CHUNK, poll_fd=fd, closer=raw.close)
+    read = _Decompressing(lambda n: os.read(fd, n))
+    return _Reader(read, 0, PIPE_CHUNK, poll_fd=fd, closer=raw.close)
 
 
 def _byte_chunks(reader: _Reader, stop: threading.Event, name: str) -> Iterator[bytes]:
@@ -181,8 +213,8 @@ def _byte_chunks(reader: _Reader, stop: threading.Event, name: str) -> Iterator[
                 continue
         try:
             data = reader.read(reader.chunk)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise SourceError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+        except CorruptInput as exc:
+            raise SourceError(f"{name}: {exc}") from None
         except OSError as exc:
             raise SourceError(f"{name}: read failed: {exc.strerror or exc}") from None
         yield data

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import zstandard
 from conftest import SAMPLES, check_store, event, invoke, logagg_cmd, run_logagg, write_jsonl
 
 FORMATS = SAMPLES / "formats"
@@ -184,3 +185,29 @@ def test_emit_passes_events_on_while_the_pipe_stays_open(db: Path) -> None:
             proc.stdin.close()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_zstd_files_and_stdin_are_detected(tmp_path: Path, db: Path) -> None:
+
+    data = (SAMPLES / "events.jsonl").read_bytes()
+    packed = zstandard.ZstdCompressor().compress(data[: len(data) // 2]) + (
+        zstandard.ZstdCompressor().compress(data[len(data) // 2 :])  # two frames in a row
+    )
+    path = tmp_path / "events.jsonl.zst"
+    path.write_bytes(packed)
+    proc = run_logagg("ingest", "--db", db, "--json", path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["accepted"] == 32
+    again = run_logagg("ingest", "--db", db, "--json", "-", input=packed)
+    assert json.loads(again.stdout)["duplicates"] == 33
+
+
+def test_truncated_zstd_names_the_file(tmp_path: Path, db: Path) -> None:
+
+    packed = zstandard.ZstdCompressor().compress((SAMPLES / "events.jsonl").read_bytes())
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(packed[: len(packed) - 10])
+    proc = run_logagg("ingest", "--db", db, path)
+    assert proc.returncode == 1
+    assert f"{path}: corrupt or truncated zstd data" in proc.stderr.decode()
+    check_store(db)
