@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DB ?= demo.db
 
-.PHONY: demo test lint bench clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint bench clean postgres-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,16 +23,28 @@ demo: $(STAMP)
 	$(BIN)/logagg events --db $(DEMO_DB) --topic user.login --limit 5 --format table
 	$(BIN)/logagg check --db $(DEMO_DB)
 
-test: $(STAMP)
+# The tests start a throwaway PostgreSQL server of their own: install one if missing.
+postgres-server:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing the PostgreSQL server for the tests"; \
+	  if command -v apt-get >/dev/null; then $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  elif command -v dnf >/dev/null; then $(SUDO) dnf install -y -q postgresql-server; \
+	  elif command -v apk >/dev/null; then $(SUDO) apk add -q postgresql; \
+	  elif command -v brew >/dev/null; then brew install -q postgresql; \
+	  else echo "install the PostgreSQL server (initdb, pg_ctl)" >&2; exit 1; fi; }
+
+test: $(STAMP) postgres-server
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check logagg tests bench
 	$(BIN)/ruff format --check logagg tests bench
 
-bench: $(STAMP)
+bench: $(STAMP) postgres-server
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/pg_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo.db* demo-rejects.jsonl

@@ -97,7 +97,13 @@ def _root(
 
 
 Db = Annotated[
-    str, typer.Option("--db", envvar="LOGAGG_DB", metavar="PATH", help="The store: a SQLite file.")
+    str,
+    typer.Option(
+        "--db",
+        envvar="LOGAGG_DB",
+        metavar="PATH",
+        help="The store: a SQLite file, or a postgresql:// URL.",
+    ),
 ]
 FormatOpt = Annotated[
     Format | None,

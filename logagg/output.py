@@ -218,7 +218,7 @@ def write_check(result: CheckResult, as_json: bool) -> None:
             f"ok: {facts['rows']:,} events, counters consistent "
             f"(received {facts['received']:,} = {facts['unique_processed']:,} unique"
             f" + {facts['duplicate_dropped']:,} duplicate + {facts['invalid']:,} invalid),"
-            f" integrity ok, schema version {facts['schema_version']}"
+            f" integrity {facts['integrity']}, schema version {facts['schema_version']}"
         )
     for problem in result.problems:
         con.print(f"problem: {problem}", markup=False)

@@ -34,7 +34,7 @@ from logagg.models import (
     raw_text,
 )
 from logagg.sources import Chunk, Source, follow_chunks, read_chunks
-from logagg.store import BatchResult, SQLiteStore
+from logagg.store import BatchResult, Store
 
 PUT_POLL_SECONDS = 0.1
 OnCommit = Callable[[Sequence[RowBatch], BatchResult], None]  # runs after each commit
@@ -116,7 +116,7 @@ class _Consumer(threading.Thread):
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         inbox: queue.Queue[_Batch],
         options: IngestOptions,
         report: IngestReport,
@@ -228,7 +228,7 @@ class Writer:
     own accepted / duplicate / invalid counts. Other processes may write the store too.
     """
 
-    def __init__(self, store: SQLiteStore, options: IngestOptions | None = None) -> None:
+    def __init__(self, store: Store, options: IngestOptions | None = None) -> None:
         self.options = options or IngestOptions()
         self.report = IngestReport()
         self._inbox: queue.Queue[_Batch] = queue.Queue(maxsize=self.options.queue_size)
@@ -301,7 +301,7 @@ def _too_long(source: str, line: int, size: int, head: bytes, limit: int) -> Rej
 
 
 def ingest(
-    store: SQLiteStore,
+    store: Store,
     sources: Sequence[Source],
     options: IngestOptions | None = None,
     *,

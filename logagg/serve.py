@@ -3,7 +3,7 @@
 Endpoints: `POST /publish`, `GET /events`, `GET /stats`, `GET /health`; OpenAPI docs at
 `/docs`. One `Writer` (the single writer of `logagg.pipeline`) takes every published
 event through the same bounded queue and batched transactions as `logagg ingest`; reads go
-through a small pool of `SQLiteStore` read connections, one thread at a time each (WAL:
+through a small pool of read-only store connections, one thread at a time each (WAL:
 reads never wait for writes). Other `logagg` processes may use the same store at once.
 
 Publishing
@@ -67,7 +67,7 @@ from logagg import __version__
 from logagg.errors import LogaggError, StoreError, UsageError
 from logagg.models import EVENT, Row, describe, json_type, normalize_timestamp, validate_row
 from logagg.pipeline import IngestOptions, Writer
-from logagg.store import BatchResult, EventQuery, SQLiteStore, utc_now
+from logagg.store import BatchResult, EventQuery, Store, open_store, utc_now
 
 logger = logging.getLogger("logagg.serve")
 
@@ -308,17 +308,17 @@ class ReadPool:
     def __init__(self, path: str, size: int = READ_POOL_SIZE) -> None:
         self.path = path
         self.size = size
-        self._idle: list[SQLiteStore] = []
+        self._idle: list[Store] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @contextmanager
-    def store(self) -> Iterator[SQLiteStore]:
+    def store(self) -> Iterator[Store]:
         """A store for this thread only; one whose use raised is closed, not reused."""
         with self._lock:
             store = self._idle.pop() if self._idle else None
         if store is None:
-            store = SQLiteStore.open(self.path, create=False)
+            store = open_store(self.path, create=False)
         try:
             yield store
         except BaseException:
@@ -346,13 +346,13 @@ class Service:
         self.options = options
         self.queue_timeout = queue_timeout
         self.started = time.monotonic()
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._writer: Writer | None = None
         self.reads = ReadPool(db)
 
     def start(self) -> None:
         """Open the store (creating it if needed) and start the writer."""
-        self._store = SQLiteStore.open(self.db)
+        self._store = open_store(self.db)
         self._writer = Writer(self._store, self.options).start()
         self.started = time.monotonic()
         logger.info(
@@ -643,7 +643,7 @@ def run(db: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "in
     level = log_level.lower()
     if level not in LOG_LEVELS:
         raise UsageError(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-    SQLiteStore.open(db).close()  # a bad store is one line of error before anything listens
+    open_store(db).close()  # a bad store is one line of error before anything listens
     try:
         sock = _listen(host, port)
     except OSError as exc:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from logagg.errors import SchemaVersionError, StoreError
 from logagg.models import Checkpoint, EventRow, RowBatch, StoredEvent, encode_rows
@@ -506,6 +506,45 @@ class SQLiteStore:
         return result
 
 
-def open_store(location: str, *, create: bool = True) -> SQLiteStore:
-    """Open the store named by `--db`: a SQLite file path."""
+class Store(Protocol):
+    """What the pipeline and the faces use of a store: SQLiteStore, or PostgresStore."""
+
+    path: str
+
+    def write_batch(self, events: Sequence[EventRow], invalid: int = 0) -> BatchResult: ...
+
+    def write_rows(
+        self,
+        batches: Sequence[RowBatch],
+        invalid: int = 0,
+        *,
+        new_events: bool = False,
+        checkpoints: Sequence[Checkpoint] = (),
+    ) -> BatchResult: ...
+
+    def events(self, query: EventQuery) -> Iterator[StoredEvent]: ...
+
+    def stats(self) -> StoreStats: ...
+
+    def check(self) -> CheckResult: ...
+
+    def checkpoints(self) -> dict[str, Checkpoint]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_store(location: str, *, create: bool = True) -> Store:
+    """Open the store named by `--db`: a `postgresql://` URL, else a SQLite file path."""
+    if location.startswith(("postgresql://", "postgres://")):
+        try:
+            from logagg.pgstore import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"PostgreSQL stores need the postgres extra: pip install 'logagg[postgres]' ({exc})"
+            ) from None
+        return PostgresStore.open(location, create=create)
     return SQLiteStore.open(location, create=create)
