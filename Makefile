@@ -44,7 +44,10 @@ lint: $(STAMP)
 bench: $(STAMP) postgres-server
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
-	$(BIN)/python bench/pg_bench.py
+	{ printf '# PostgreSQL benchmark results\n\nReproduce: `make bench`.\n\n'; \
+	  $(BIN)/python bench/pg_bench.py; } > bench/RESULTS-postgres.md.new
+	mv bench/RESULTS-postgres.md.new bench/RESULTS-postgres.md
+	cat bench/RESULTS-postgres.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo.db* demo-rejects.jsonl
