@@ -910,3 +910,25 @@ def test_cli_copy_a_store_between_backends_through_a_pipe(pg_url: str, tmp_path:
     again = run_logagg("events", "--all", "--format", "jsonl", "--db", back)
     assert again.stdout == dump.stdout
     check_store(pg_url)  # type: ignore[arg-type]
+
+
+def test_serve_on_a_postgresql_store(pg_url: str, tmp_path: Path) -> None:
+    """The HTTP face works the same on PostgreSQL, and never logs the password."""
+    from test_serve import Server
+
+    log = tmp_path / "serve.log"
+    server = Server(pg_url, log).start()  # type: ignore[arg-type]
+    try:
+        assert server.http is not None
+        first = server.http.post("/publish", json=event(1)).json()
+        again = server.http.post("/publish", json=event(1)).json()
+        assert (first["accepted"], again["duplicates"]) == (1, 1)
+        stats = server.http.get("/stats").json()
+        counts = (stats["received"], stats["unique_processed"], stats["duplicate_dropped"])
+        assert counts == (2, 1, 1)
+        listed = server.http.get("/events", params={"topic": "t"}).json()
+        assert [e["event_id"] for e in listed["events"]] == ["e1"]
+    finally:
+        server.kill()
+    assert PASSWORD not in log.read_text()
+    check_store(pg_url)  # type: ignore[arg-type]
