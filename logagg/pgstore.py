@@ -66,6 +66,7 @@ from logagg.store import (
     EventQuery,
     StoreStats,
     TopicStats,
+    check_counters,
     utc_now,
 )
 
@@ -655,28 +656,7 @@ class PostgresStore:
                 }
         except psycopg.Error as exc:
             raise self._error(exc) from None
-        rows = sum(actual.values())
-        facts.update(
-            received=received,
-            unique_processed=accepted,
-            duplicate_dropped=duplicates,
-            invalid=invalid,
-            rows=rows,
-        )
-        if received != accepted + duplicates + invalid:
-            problems.append(
-                f"counters disagree: received {received} != unique_processed {accepted}"
-                f" + duplicate_dropped {duplicates} + invalid {invalid}"
-            )
-        if accepted != rows:
-            problems.append(f"unique_processed {accepted} != {rows} rows in events")
-        if sum(kept.values()) != rows:
-            problems.append(f"topic counts sum to {sum(kept.values())}, events has {rows} rows")
-        for topic in sorted(set(kept) | set(actual)):
-            if kept.get(topic, 0) != actual.get(topic, 0):
-                problems.append(
-                    f"topic {topic!r}: counted {kept.get(topic, 0)}, stored {actual.get(topic, 0)}"
-                )
+        check_counters(result, (received, accepted, duplicates, invalid), kept, actual)
         return result
 
     def _integrity(self, problems: list[str]) -> str:

@@ -162,6 +162,43 @@ class CheckResult:
         return not self.problems
 
 
+def check_counters(
+    result: CheckResult,
+    counters: tuple[int, int, int, int],
+    kept: dict[str, int],
+    actual: dict[str, int],
+) -> None:
+    """Record the counters in `result` and every way they disagree with the rows.
+
+    `counters`: received, accepted, duplicates, invalid; `kept`: the topic counts the store
+    keeps; `actual`: the rows per topic.
+    """
+    received, accepted, duplicates, invalid = counters
+    rows = sum(actual.values())
+    problems = result.problems
+    result.facts.update(
+        received=received,
+        unique_processed=accepted,
+        duplicate_dropped=duplicates,
+        invalid=invalid,
+        rows=rows,
+    )
+    if received != accepted + duplicates + invalid:
+        problems.append(
+            f"counters disagree: received {received} != unique_processed {accepted}"
+            f" + duplicate_dropped {duplicates} + invalid {invalid}"
+        )
+    if accepted != rows:
+        problems.append(f"unique_processed {accepted} != {rows} rows in events")
+    if sum(kept.values()) != rows:
+        problems.append(f"topic counts sum to {sum(kept.values())}, events has {rows} rows")
+    for topic in sorted(set(kept) | set(actual)):
+        if kept.get(topic, 0) != actual.get(topic, 0):
+            problems.append(
+                f"topic {topic!r}: counted {kept.get(topic, 0)}, stored {actual.get(topic, 0)}"
+            )
+
+
 def utc_now() -> str:
     """The current time in the stored timestamp form."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -269,14 +306,7 @@ class SQLiteStore:
     def _migrate(self) -> None:
         with self._write():
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            self._check_version(version)
-            if (
-                version == 0
-                and self._conn.execute(
-                    "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
-                ).fetchone()[0]
-            ):
-                raise SchemaVersionError(f"{self.path}: a SQLite database, but not a logagg store")
+            self._check_version(version)  # again: another process may have created it
             for step in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[step].split(";"):
                     if statement.strip():
@@ -473,7 +503,6 @@ class SQLiteStore:
                 received, accepted, duplicates, invalid = conn.execute(
                     "SELECT received, accepted, duplicates, invalid FROM counters"
                 ).fetchone()
-                rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 kept = dict(conn.execute("SELECT topic, events FROM topics").fetchall())
                 actual = dict(
                     conn.execute("SELECT topic, count(*) FROM events GROUP BY topic").fetchall()
@@ -482,27 +511,7 @@ class SQLiteStore:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(_describe(exc, self.path)) from None
-        facts.update(
-            received=received,
-            unique_processed=accepted,
-            duplicate_dropped=duplicates,
-            invalid=invalid,
-            rows=rows,
-        )
-        if received != accepted + duplicates + invalid:
-            problems.append(
-                f"counters disagree: received {received} != unique_processed {accepted}"
-                f" + duplicate_dropped {duplicates} + invalid {invalid}"
-            )
-        if accepted != rows:
-            problems.append(f"unique_processed {accepted} != {rows} rows in events")
-        if sum(kept.values()) != rows:
-            problems.append(f"topic counts sum to {sum(kept.values())}, events has {rows} rows")
-        for topic in sorted(set(kept) | set(actual)):
-            if kept.get(topic, 0) != actual.get(topic, 0):
-                problems.append(
-                    f"topic {topic!r}: counted {kept.get(topic, 0)}, stored {actual.get(topic, 0)}"
-                )
+        check_counters(result, (received, accepted, duplicates, invalid), kept, actual)
         return result
 
 
