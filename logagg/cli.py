@@ -7,6 +7,7 @@ The core is imported inside the commands so that `logagg --help` starts quickly.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -301,7 +302,8 @@ def ingest(
     elif not quiet:
         write_report(report)
     if caught:
-        raise typer.Exit(ExitCode.INTERRUPTED if caught[0] == 2 else ExitCode.TERMINATED)
+        interrupted = caught[0] == signal.SIGINT
+        raise typer.Exit(ExitCode.INTERRUPTED if interrupted else ExitCode.TERMINATED)
     if report.source_errors:
         raise typer.Exit(ExitCode.ERROR)
     if strict and report.invalid:
