@@ -176,7 +176,8 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
     con.print(summary)
     if stats.topics:
         topics = Table(show_edge=False, pad_edge=False)
-        topics.add_column("topic")
+        widest = max(len(name) for name in stats.topics)
+        topics.add_column("topic", no_wrap=True, min_width=min(max(widest, 5), 40))
         topics.add_column("events", justify="right")
         topics.add_column("first", no_wrap=True)
         topics.add_column("last", no_wrap=True)
