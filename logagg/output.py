@@ -178,7 +178,8 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
         topics = Table(show_edge=False, pad_edge=False)
         widest = max(len(name) for name in stats.topics)
         topics.add_column("topic", no_wrap=True, min_width=min(max(widest, 5), 40))
-        topics.add_column("events", justify="right")
+        counts = max(len(f"{t.events:,}") for t in stats.topics.values())
+        topics.add_column("events", justify="right", no_wrap=True, min_width=max(counts, 6))
         topics.add_column("first", no_wrap=True)
         topics.add_column("last", no_wrap=True)
         for name, t in stats.topics.items():
