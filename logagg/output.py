@@ -180,8 +180,8 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
         topics.add_column("topic", no_wrap=True, min_width=min(max(widest, 5), 40))
         counts = max(len(f"{t.events:,}") for t in stats.topics.values())
         topics.add_column("events", justify="right", no_wrap=True, min_width=max(counts, 6))
-        topics.add_column("first", no_wrap=True)
-        topics.add_column("last", no_wrap=True)
+        topics.add_column("first", no_wrap=True, min_width=27)
+        topics.add_column("last", no_wrap=True, min_width=27)
         for name, t in stats.topics.items():
             topics.add_row(name, f"{t.events:,}", t.first_timestamp, t.last_timestamp)
         con.print()
