@@ -67,6 +67,7 @@ from logagg.store import (
     StoreStats,
     TopicStats,
     check_counters,
+    select_events,
     utc_now,
 )
 
@@ -570,25 +571,7 @@ class PostgresStore:
             yield from cur
 
     def _select(self, query: EventQuery, topic: str | None = None) -> tuple[str, list[Any]]:
-        where, params = [], []
-        for column, op, value in (
-            ("topic", "=", topic if topic is not None else query.topic),
-            ("source", "=", query.source),
-            ('"timestamp"', ">=", query.since),
-            ('"timestamp"', "<", query.until),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} %s")
-                params.append(value)
-        direction = "DESC" if query.newest_first else "ASC"
-        sql = _SELECT_EVENTS
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f' ORDER BY "timestamp" {direction}, id {direction}'
-        if query.limit is not None:
-            sql += " LIMIT %s"
-            params.append(query.limit)
-        return sql, params
+        return select_events(_SELECT_EVENTS, query, topic, "%s", '"timestamp"', "id")
 
     def _merged(self, query: EventQuery, topics: list[str]) -> Iterator[tuple[Any, ...]]:
         # One index range per topic, merged: an unfiltered listing never sorts the table.

@@ -199,6 +199,41 @@ def check_counters(
             )
 
 
+def select_events(
+    base: str,
+    query: EventQuery,
+    topic: str | None,
+    mark: str,
+    timestamp: str,
+    tiebreak: str,
+) -> tuple[str, list[Any]]:
+    """`base` with the query's filters, order and limit, and its parameters.
+
+    `topic` overrides the query's (one stream of a merged listing); `mark` is the driver's
+    placeholder, `timestamp` and `tiebreak` the dialect's names of the ordering columns.
+    Every value is a bound parameter: filters match literally.
+    """
+    where, params = [], []
+    for column, op, value in (
+        ("topic", "=", topic if topic is not None else query.topic),
+        ("source", "=", query.source),
+        (timestamp, ">=", query.since),
+        (timestamp, "<", query.until),
+    ):
+        if value is not None:
+            where.append(f"{column} {op} {mark}")
+            params.append(value)
+    direction = "DESC" if query.newest_first else "ASC"
+    sql = base
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {timestamp} {direction}, {tiebreak} {direction}"
+    if query.limit is not None:
+        sql += f" LIMIT {mark}"
+        params.append(query.limit)
+    return sql, params
+
+
 def utc_now() -> str:
     """The current time in the stored timestamp form."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -419,25 +454,7 @@ class SQLiteStore:
             raise StoreError(_describe(exc, self.path)) from None
 
     def _select(self, query: EventQuery, topic: str | None = None) -> tuple[str, list[Any]]:
-        where, params = [], []
-        for column, op, value in (
-            ("topic", "=", topic if topic is not None else query.topic),
-            ("source", "=", query.source),
-            ("timestamp", ">=", query.since),
-            ("timestamp", "<", query.until),
-        ):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                params.append(value)
-        direction = "DESC" if query.newest_first else "ASC"
-        sql = _SELECT_EVENTS
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY timestamp {direction}, rowid {direction}"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(query.limit)
-        return sql, params
+        return select_events(_SELECT_EVENTS, query, topic, "?", "timestamp", "rowid")
 
     def _merged(self, query: EventQuery, topics: list[str]) -> Iterator[StoredEvent]:
         # One index range per topic, merged: an unfiltered listing never sorts the table.
