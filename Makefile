@@ -40,6 +40,7 @@ test: $(STAMP) postgres-server
 lint: $(STAMP)
 	$(BIN)/ruff check logagg tests bench
 	$(BIN)/ruff format --check logagg tests bench
+	$(BIN)/mypy --strict logagg
 
 bench: $(STAMP) postgres-server
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

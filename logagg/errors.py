@@ -1,12 +1,13 @@
-"""The project's exceptions and exit codes: one flat module, no dependencies."""
+"""The project's exceptions and exit codes: the only place an exit status is decided."""
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit statuses, the only place they are named."""
+    """Process exit statuses."""
 
     OK = 0
     ERROR = 1  # runtime error: I/O, database
@@ -17,7 +18,7 @@ class ExitCode(IntEnum):
 
 
 class LogaggError(Exception):
-    """An error the user can act on; its message is one line and it maps to an exit code."""
+    """An error the user can act on; its message is one line (or empty: nothing to add)."""
 
     exit_code: ExitCode = ExitCode.ERROR
 
@@ -42,3 +43,38 @@ class UsageError(LogaggError):
     """A command-line value is invalid in a way the option parser cannot see."""
 
     exit_code = ExitCode.USAGE
+
+
+class Unhealthy(LogaggError):
+    """`check` found problems (already reported)."""
+
+
+class InputErrors(LogaggError):
+    """Some inputs could not be read (already reported); the others were."""
+
+
+class Rejected(LogaggError):
+    """`--strict` and some lines were rejected (already reported)."""
+
+    exit_code = ExitCode.DATA
+
+
+class Interrupted(LogaggError):
+    """A signal stopped the command after it finished cleanly (report already printed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
+        return ExitCode.INTERRUPTED if self.signum == signal.SIGINT else ExitCode.TERMINATED
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit status of a command that ended with `exc`."""
+    if isinstance(exc, LogaggError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    return ExitCode.ERROR

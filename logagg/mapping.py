@@ -88,12 +88,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from logagg.models import json_type
+from logagg.timestamps import TimeUnit, epoch_to_utc, utc_now
 
 __all__ = [
     "KEYS",
@@ -102,14 +102,10 @@ __all__ = [
     "Mapping",
     "MappingError",
     "content_id",
-    "epoch_to_rfc3339",
     "get_preset",
-    "is_cloudevent",
-    "parse_key",
-    "parse_map_options",
+    "parse_path",
 ]
 
-TimeUnit = Literal["s", "ms", "us"]
 
 TARGETS = ("topic", "event_id", "timestamp", "source")
 KEYS: tuple[tuple[str, str], ...] = (
@@ -120,8 +116,6 @@ KEYS: tuple[tuple[str, str], ...] = (
 CONTENT_ID_LENGTH = 32
 
 _MISSING: Any = object()
-_EPOCH = datetime(1970, 1, 1)
-_MICROS_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
 _CE_REQUIRED = ("specversion", "id", "source", "type")
 _CE_MAPPED = frozenset(("id", "source", "type", "time", "data", "data_base64"))
 _RESERVED = frozenset(("topic", "event_id", "timestamp", "source", "payload"))
@@ -136,7 +130,7 @@ class MappingError(ValueError):
 # --- paths -----------------------------------------------------------------------------
 
 
-def _parse_path(text: str) -> Path:
+def parse_path(text: str) -> Path:
     """`"repo.name"` -> `("repo", "name")`; ValueError for an empty path or segment."""
     parts = tuple(text.split("."))
     if not text or "" in parts:
@@ -189,7 +183,7 @@ def _without(obj: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
 def _name(value: Any, target: str, path: str) -> str | None:
     """A topic, event_id or source from the line: a string, an integer as text, or None."""
     kind = type(value)
-    if kind is str:
+    if isinstance(value, str):
         return value
     if value is None or value is _MISSING:
         return None
@@ -198,35 +192,23 @@ def _name(value: Any, target: str, path: str) -> str | None:
     raise MappingError(f"{target}: field '{path}' is {json_type(value)}, expected a string")
 
 
-def epoch_to_rfc3339(value: int | float, unit: TimeUnit | None = None) -> str:
-    """An epoch time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
-
-    `unit` is `s`, `ms` or `us`; None detects it by magnitude: below 1e11 seconds, below
-    1e14 milliseconds, otherwise microseconds. Raises MappingError when out of range.
-    """
-    if unit is None:
-        size = abs(value)
-        unit = "s" if size < 1e11 else "ms" if size < 1e14 else "us"
+def _epoch(value: int | float, unit: TimeUnit | None) -> str:
     try:
-        micros = value * _MICROS_PER_UNIT[unit]
-        if type(micros) is not int:
-            micros = round(micros)
-        moment = _EPOCH + timedelta(microseconds=micros)
-    except (OverflowError, ValueError):
-        raise MappingError(f"timestamp: epoch {value!r} ({unit}) is out of range") from None
-    return moment.isoformat(timespec="microseconds") + "Z"
+        return epoch_to_utc(value, unit)
+    except ValueError as exc:
+        raise MappingError(str(exc)) from None
 
 
 def _timestamp(value: Any, unit: TimeUnit | None, path: str) -> str:
     """An RFC 3339 string as it is; an epoch number (or string of digits) converted."""
     kind = type(value)
-    if kind is str:
+    if isinstance(value, str):
         if value[:1].isdigit() and value.isascii() and value.replace(".", "", 1).isdigit():
             number: int | float = float(value) if "." in value else int(value)
-            return epoch_to_rfc3339(number, unit)
+            return _epoch(number, unit)
         return value
     if kind is int or (kind is float and math.isfinite(value)):
-        return epoch_to_rfc3339(value, unit)
+        return _epoch(value, unit)
     if value is None or value is _MISSING:
         raise MappingError(f"missing timestamp: the line has no '{path}'")
     raise MappingError(
@@ -248,17 +230,6 @@ def content_id(obj: Any) -> str:
             obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
     return hashlib.sha256(canonical).hexdigest()[:CONTENT_ID_LENGTH]
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def is_cloudevent(obj: Any) -> bool:
-    """True for a decoded line that is a CloudEvent (has `specversion`) or a batch of them."""
-    if type(obj) is dict:
-        return "specversion" in obj
-    return type(obj) is list and bool(obj) and all(is_cloudevent(item) for item in obj)
 
 
 # --- the mapping -----------------------------------------------------------------------
@@ -304,12 +275,10 @@ class Mapping:
                 raise ValueError(f"the constant {name} must not be empty")
         if self.cloudevents and (self.fields or self.payload_field):
             raise ValueError("CloudEvents have a fixed mapping: no field mapping or payload field")
-        paths = tuple(
-            (text, _parse_path(text)) for text in (self.fields.get(t, t) for t in TARGETS)
-        )
+        paths = tuple((text, parse_path(text)) for text in (self.fields.get(t, t) for t in TARGETS))
         payload = None
         if self.payload_field is not None:
-            payload = (self.payload_field, _parse_path(self.payload_field))
+            payload = (self.payload_field, parse_path(self.payload_field))
         every = [*paths, payload] if payload else list(paths)
         flat = all(len(parts) == 1 for _, parts in every)
         object.__setattr__(self, "fields", dict(self.fields))
@@ -357,7 +326,7 @@ class Mapping:
         if type(obj) is not list:
             return [self._cloudevent(obj, now)]
         if now is None:
-            now = _utc_now()
+            now = utc_now()
         events = []
         for index, item in enumerate(obj, 1):
             try:
@@ -433,7 +402,7 @@ class Mapping:
             raise MappingError(f"unsupported CloudEvents specversion {version[:16]!r} (need 1.x)")
         time = obj.get("time")
         if time is None:
-            time = now if now is not None else _utc_now()
+            time = now if now is not None else utc_now()
         elif type(time) is not str:
             raise MappingError(
                 f"CloudEvents attribute 'time' is {json_type(time)}, expected an RFC 3339 string"
@@ -520,35 +489,3 @@ def get_preset(name: str) -> Mapping:
         raise ValueError(
             f"unknown preset {name!r} (choose from {', '.join(sorted(PRESETS))})"
         ) from None
-
-
-def parse_map_options(pairs: list[str]) -> dict[str, str]:
-    """`["topic=type", "source=repo.name"]` -> `{"topic": "type", "source": "repo.name"}`.
-
-    Raises ValueError with a one-line message for a pair without `=`, an unknown target,
-    a target given twice or an invalid path.
-    """
-    fields: dict[str, str] = {}
-    for pair in pairs:
-        target, sep, path = pair.partition("=")
-        target, path = target.strip(), path.strip()
-        if not sep or not target or not path:
-            raise ValueError(f"invalid --map {pair!r}: use TARGET=PATH, e.g. topic=type")
-        if target not in TARGETS:
-            hint = "; use --payload-field for the payload" if target == "payload" else ""
-            raise ValueError(
-                f"unknown --map target {target!r} (targets: {', '.join(TARGETS)}){hint}"
-            )
-        if target in fields:
-            raise ValueError(f"--map {target} is given twice")
-        _parse_path(path)
-        fields[target] = path
-    return fields
-
-
-def parse_key(text: str) -> tuple[str, str]:
-    """`"source,id"` -> `("source", "id")`; ValueError for anything but the known keys."""
-    key = tuple(part.strip() for part in text.split(","))
-    if key not in KEYS:
-        raise ValueError(f"invalid --key {text!r} (use topic,event_id or source,id)")
-    return key[0], key[1]

@@ -1,26 +1,19 @@
-"""The event, and decoding one input line into an `EventRow` or a `Reject`.
+"""The event: its schema, its row form, rejects and checkpoints; decoding lines.
 
-Rules (README "The event"): topic, event_id and source are strings of 1..255 characters;
-timestamp is an ISO-8601 / RFC 3339 string, stored as UTC with microseconds
-(`2025-01-01T12:00:00.000000Z`, so that text order is time order; no offset means UTC);
-payload is an optional JSON object, stored whole. Unknown top-level fields are kept
-(column `extra`) and returned at the top level, so nothing a producer sent is lost.
-
-`Event` is the schema, validated by Pydantic straight from the JSON bytes; a valid line
-becomes an `EventRow` at once (JSON fields as text), which is what the pipeline carries
-and the store writes: small, and free of per-event Python objects.
+Shapes of an event: `Event` is the schema (validated by Pydantic straight from a line's
+bytes); `Row` is a valid event as stored (timestamp normalised, payload and extra as JSON
+text), a plain tuple because millions of them pass through the reader; `RowBatch` is a
+list of rows encoded once for the queue and the store; `StoredEvent` is an event read back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import (
     Annotated,
     Any,
-    NamedTuple,
     NotRequired,  # pydantic needs these on 3.11
 )
 
@@ -36,41 +29,12 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from logagg.timestamps import normalize_timestamp
+
 MAX_NAME = 255
 REJECT_RAW_LIMIT = 64 * 1024  # bytes of a rejected line kept in the rejects file
 FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
 NOT_FINITE = "invalid JSON: NaN, Infinity and numbers beyond the float range are not JSON"
-
-
-def normalize_timestamp(value: str) -> str:
-    """Parse an ISO-8601 time and return it in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-
-    A time without an offset is taken as UTC. More than six fractional digits are
-    truncated to microseconds. Raises ValueError for anything that is not a valid time.
-    """
-    try:
-        moment = datetime.fromisoformat(value)
-        if _is_stored_form(value):
-            return value
-        offset = moment.utcoffset()
-        if offset:
-            moment -= offset
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(f"not an ISO-8601 time: {value[:64]!r} ({exc})") from None
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _is_stored_form(value: str) -> bool:
-    """True for `YYYY-MM-DDTHH:MM:SS.ffffffZ` (once fromisoformat accepted it)."""
-    return (
-        len(value) == 27
-        and value.isascii()
-        and value[4] == value[7] == "-"
-        and value[10] == "T"
-        and value[13] == value[16] == ":"
-        and value[19] == "."
-        and value[26] == "Z"
-    )
 
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
@@ -91,21 +55,11 @@ class Event(TypedDict):
 EVENT = TypeAdapter(Event)
 
 
-class EventRow(NamedTuple):
-    """A validated event as stored: timestamp normalised, payload and extra as JSON text."""
-
-    topic: str
-    event_id: str
-    timestamp: str
-    source: str
-    payload: str
-    extra: str | None
+Row = tuple[str, str, str, str, str, str | None]
+"""A valid event as stored: (topic, event_id, timestamp, source, payload JSON, extra JSON)."""
 
 
-Row = tuple[str, str, str, str, str, str | None]  # an EventRow as a plain tuple
-
-
-def _row(event: dict[str, Any]) -> Row:
+def _row(event: Mapping[str, Any]) -> Row:
     payload = event.get("payload")
     extra = None
     if len(event) > (5 if payload is not None else 4):
@@ -120,14 +74,9 @@ def _row(event: dict[str, Any]) -> Row:
     )
 
 
-def validate_row(event: Any) -> Row:
+def validate_event(event: Any) -> Row:
     """Validate one decoded event (a dict) into a row; raises ValidationError or ValueError."""
     return _row(EVENT.validate_python(event))
-
-
-def to_row(event: dict[str, Any]) -> EventRow:
-    """The row of a validated event; fields beyond the five known ones go to `extra`."""
-    return EventRow(*_row(event))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +90,8 @@ class RowBatch:
     count: int
 
 
-def encode_rows(rows: Sequence[Row] | Sequence[EventRow]) -> RowBatch:
-    """Encode rows (plain tuples or EventRows) for a store."""
-    if rows and type(rows[0]) is not tuple:
-        rows = [tuple(row) for row in rows]  # type: ignore[misc]
+def encode_rows(rows: Sequence[Row]) -> RowBatch:
+    """Encode rows for a store."""
     return RowBatch(orjson.dumps(rows).decode(), len(rows))
 
 
@@ -251,16 +198,10 @@ def _parse(raw: bytes) -> Any:
         raise ValueError(f"invalid JSON: {exc}") from None
 
 
-def decode_line(raw: bytes, source: str, line: int) -> EventRow | Reject:
-    """Validate one JSON line (no newline) into an EventRow, or explain why not in a Reject."""
-    rows, rejects = decode_lines([(line, raw)], source)
-    return EventRow(*rows[0]) if rows else rejects[0]
-
-
-def event_from_fields(**fields: Any) -> EventRow:
+def event_from_fields(**fields: Any) -> Row:
     """Validate an event given as Python values (for `publish`); raises ValueError."""
     try:
-        return to_row(EVENT.validate_python(fields))
+        return _row(EVENT.validate_python(fields))
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
     except ValueError:

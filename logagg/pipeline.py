@@ -1,22 +1,19 @@
-"""Reader -> bounded queue -> one consumer that writes the store; and the `IngestReport`.
+"""The pipeline: reader -> bounded queue -> the single writer; `ingest` and its report.
 
-The reader (the calling thread) decodes each chunk of input into rows and rejects and
-puts one batch per chunk on a bounded queue: a full queue blocks it, which is the memory
-bound. The consumer thread is the only writer: it commits when it holds `batch_size`
-events or when `flush_interval` has passed since the first uncommitted item, whichever
-comes first. On `stop` (a signal), the reader stops between reads and everything already
-read is committed before `ingest` returns. `Writer` offers the same queue and writer to a
-long-lived face (the HTTP server), acknowledging each batch once it is committed.
+`Writer` is the one queue-and-writer: a bounded queue of batches (a full queue blocks
+whoever puts, which is the memory bound) and the only thread that writes the store,
+committing when it holds `batch_size` events or `flush_interval` after the first
+uncommitted item. `ingest` reads sources into it; a long-lived face (the HTTP server)
+submits batches and gets a future that resolves once they are committed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -37,7 +34,7 @@ from logagg.sources import Chunk, Source, follow_chunks, read_chunks
 from logagg.store import BatchResult, Store
 
 PUT_POLL_SECONDS = 0.1
-OnCommit = Callable[[Sequence[RowBatch], BatchResult], None]  # runs after each commit
+OnCommit = Callable[[BatchResult], None]  # runs in the writer after each commit
 CLOUDEVENTS = PRESETS["cloudevents"]  # lines with "specversion" are read as CloudEvents
 
 
@@ -190,7 +187,7 @@ class _Consumer(threading.Thread):
         )
         self._checkpoints = {}
         if self.on_commit is not None:
-            self.on_commit(self._pending, result)
+            self.on_commit(result)
         for rows, ack, accepted in zip(self._pending, self._acks, result.per_batch, strict=True):
             if ack is not None:
                 ack.committed(rows.count, accepted)
@@ -221,18 +218,29 @@ class _Consumer(threading.Thread):
 
 
 class Writer:
-    """The single writer as a service, for a long-lived face such as an HTTP server.
+    """The single writer: a bounded queue of batches and the one thread that commits them.
 
-    `submit` puts a batch on the same bounded queue that `ingest` uses and returns a
-    future that resolves once the batch is committed (a durable acknowledgement), with its
-    own accepted / duplicate / invalid counts. Other processes may write the store too.
+    `put` queues a batch read by `ingest`; `submit` queues rows for a face and returns a
+    future that resolves once they are committed (a durable acknowledgement), with their
+    own counts. `stop` is set when the writer fails, so that a reader stops too. Other
+    processes may write the store at the same time.
     """
 
-    def __init__(self, store: Store, options: IngestOptions | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        options: IngestOptions | None = None,
+        *,
+        on_commit: OnCommit | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.options = options or IngestOptions()
         self.report = IngestReport()
+        self.stop = stop or threading.Event()
         self._inbox: queue.Queue[_Batch] = queue.Queue(maxsize=self.options.queue_size)
-        self._consumer = _Consumer(store, self._inbox, self.options, self.report, threading.Event())
+        self._consumer = _Consumer(
+            store, self._inbox, self.options, self.report, self.stop, on_commit
+        )
 
     def start(self) -> Writer:
         self._consumer.start()
@@ -261,15 +269,16 @@ class Writer:
             return future
         size = self.options.batch_size
         parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
-        self._put(_Batch(parts, invalid, _Ack(future, len(parts), invalid)), timeout)
+        self.put(_Batch(parts, invalid, _Ack(future, len(parts), invalid)), timeout)
         return future
 
-    def _put(self, batch: _Batch, timeout: float | None) -> None:
-        """Put on the queue while the writer runs (a dead writer never leaves it waiting)."""
+    def put(self, batch: _Batch, timeout: float | None = None) -> None:
+        """Queue a batch, waiting for room while the writer runs; raises queue.Full after
+        `timeout`, and the writer's error once it has stopped (nothing waits on a dead one)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if not self._consumer.is_alive():
-                _raise_consumer_error(self._consumer)
+                self.raise_error()
                 raise StoreError("the writer is not running")
             wait = PUT_POLL_SECONDS
             if deadline is not None:
@@ -282,13 +291,26 @@ class Writer:
             except queue.Full:
                 continue
 
-    def close(self) -> None:
-        """Commit what is queued and stop the writer; raises the writer's error, if any."""
+    def finish(self) -> None:
+        """Commit what is queued and stop the writer (its error, if any, is kept)."""
         if self._consumer.is_alive():
             with contextlib.suppress(StoreError):
-                self._put(_END, None)
+                self.put(_END)
             self._consumer.join()
-        _raise_consumer_error(self._consumer)
+
+    def raise_error(self) -> None:
+        """Raise the error that stopped the writer, if one did."""
+        error = self._consumer.error
+        if error is None:
+            return
+        if isinstance(error, LogaggError):
+            raise error
+        raise StoreError(f"writer failed: {error!r}") from error
+
+    def close(self) -> None:
+        """`finish`, then `raise_error`."""
+        self.finish()
+        self.raise_error()
 
 
 def _too_long(source: str, line: int, size: int, head: bytes, limit: int) -> Reject:
@@ -313,32 +335,20 @@ def ingest(
 ) -> IngestReport:
     """Read `sources` in order into `store`; return the report of what was committed.
 
-    `on_commit(batches, result)` runs in the writer after each commit, with the rows the
-    transaction held and its result, including the events it stored (`result.new`).
+    `stop` ends the reading between reads; what was read is committed. `on_commit(result)`
+    runs in the writer after each commit (with `result.new` and `result.dropped`).
 
     A source that cannot be read is recorded in `report.source_errors` and the next one is
-    read. A store failure stops the run and is raised as StoreError after the reader has
+    read. A store failure stops the run and is raised as StoreError once the reader has
     stopped; nothing waits forever on the queue.
     """
     options = options or IngestOptions()
-    stop = stop or threading.Event()
-    report = IngestReport()
-    inbox: queue.Queue[_Batch] = queue.Queue(maxsize=options.queue_size)
     checkpoints = store.checkpoints() if options.follow else {}  # before the writer starts
-    consumer = _Consumer(store, inbox, options, report, stop, on_commit)
+    writer = Writer(store, options, on_commit=on_commit, stop=stop).start()
+    stop = writer.stop
+    report = writer.report
     started = time.monotonic()
-    consumer.start()
-
-    def put(batch: _Batch) -> None:
-        while consumer.is_alive():
-            try:
-                inbox.put(batch, timeout=PUT_POLL_SECONDS)
-                return
-            except queue.Full:
-                continue
-        _raise_consumer_error(consumer)
-
-    report_lines = [0]  # lines read so far, for progress
+    lines_read = [0]  # lines read so far, for progress
 
     def mapper(source: Source) -> Mapper | None:
         if options.mapping is None:
@@ -354,29 +364,29 @@ def ingest(
                 for source, chunk in follow_chunks(
                     sources, options.max_line_bytes, stop, checkpoints, options.batch_size
                 ):
-                    put(_decode(chunk, source.name, options, on_reject, mappers[source]))
+                    writer.put(_decode(chunk, source.name, options, on_reject, mappers[source]))
             except SourceError as exc:
                 report.source_errors.append(str(exc))
         for source in [] if options.follow else sources:
             if stop.is_set():
                 break
-            progress = (
-                (lambda pos, size, s=source: on_progress(s, pos, size, report_lines[0]))
-                if on_progress
-                else None
-            )
+
+            def progress(position: int, size: int, source: Source = source) -> None:
+                if on_progress is not None:
+                    on_progress(source, position, size, lines_read[0])
+
             try:
-                for chunk in read_chunks(source, options.max_line_bytes, stop, stdin, progress):
-                    report_lines[0] += len(chunk.lines) + len(chunk.too_long)
-                    put(_decode(chunk, source.name, options, on_reject, mapper(source)))
+                for chunk in read_chunks(
+                    source, options.max_line_bytes, stop, stdin, progress if on_progress else None
+                ):
+                    lines_read[0] += len(chunk.lines) + len(chunk.too_long)
+                    writer.put(_decode(chunk, source.name, options, on_reject, mapper(source)))
             except SourceError as exc:
                 report.source_errors.append(str(exc))
     finally:
-        if consumer.is_alive():
-            put(_END)
-        consumer.join()
+        writer.finish()
         report.elapsed_seconds = time.monotonic() - started
-    _raise_consumer_error(consumer)
+    writer.raise_error()
     return report
 
 
@@ -395,36 +405,3 @@ def _decode(
             on_reject(reject)
     parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
     return _Batch(parts, len(rejects), checkpoint=chunk.checkpoint)
-
-
-def _raise_consumer_error(consumer: _Consumer) -> None:
-    if consumer.error is None:
-        return
-    if isinstance(consumer.error, LogaggError):
-        raise consumer.error
-    raise StoreError(f"writer failed: {consumer.error!r}") from consumer.error
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
-    """While active, SIGINT and SIGTERM set `stop` (once; a second one acts as usual).
-
-    Yields a list that receives the signal numbers caught. Main thread only.
-    """
-    caught: list[int] = []
-    watched = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in watched}
-
-    def handler(signum: int, _frame: object) -> None:
-        caught.append(signum)
-        stop.set()
-        for sig in watched:
-            signal.signal(sig, previous[sig])
-
-    for sig in watched:
-        signal.signal(sig, handler)
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

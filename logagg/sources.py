@@ -162,7 +162,7 @@ class _Decompressing:
             rest = self._unpack.unused_data
             self._unpack = self._new()
             out += self._unpack.decompress(rest)
-        return out
+        return bytes(out)
 
 
 def _open(source: Source, stdin: BinaryIO | None) -> _Reader:

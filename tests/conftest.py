@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from typer.testing import CliRunner
@@ -17,6 +17,17 @@ from logagg.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
+
+
+class RowView(NamedTuple):
+    """A row (logagg.models.Row) with names, for readable assertions."""
+
+    topic: str
+    event_id: str
+    timestamp: str
+    source: str
+    payload: str
+    extra: str | None
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg, write_jsonl
 
-from logagg.store import SCHEMA_VERSION
+from logagg.store.sqlite import SCHEMA_VERSION
 
 SEED = int(os.environ.get("LOGAGG_TEST_SEED", "20250101"))
 

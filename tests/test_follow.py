@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg
 
-from logagg.store import _V1, SCHEMA_VERSION, SQLiteStore
+from logagg.store.sqlite import _V1, SCHEMA_VERSION, SQLiteStore
 
 WAIT = 20.0  # seconds a followed line may take to be committed before the test fails
 

@@ -6,19 +6,19 @@ import json
 from typing import Any
 
 import pytest
+from conftest import RowView
 from pydantic import TypeAdapter, ValidationError
 
 from logagg.models import (
     MAX_NAME,
     NOT_FINITE,
     Event,
-    EventRow,
     Reject,
-    decode_line,
+    decode_lines,
     describe,
     event_from_fields,
-    normalize_timestamp,
 )
+from logagg.timestamps import normalize_timestamp
 
 DROP = object()  # a field value meaning "leave the field out"
 
@@ -40,9 +40,14 @@ def line(**fields: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
-def accept(raw: bytes) -> EventRow:
+def decode_line(raw: bytes, source: str, line: int) -> RowView | Reject:
+    rows, rejects = decode_lines([(line, raw)], source)
+    return RowView(*rows[0]) if rows else rejects[0]
+
+
+def accept(raw: bytes) -> RowView:
     result = decode_line(raw, "in.jsonl", 7)
-    assert isinstance(result, EventRow), result
+    assert isinstance(result, RowView), result
     return result
 
 
@@ -211,7 +216,7 @@ def test_numbers_beyond_float_range_are_never_silently_changed() -> None:
     """A number a float cannot hold is either rejected or stored as written, never as null."""
     raw = line(payload=DROP)[:-1] + b', "payload": {"big": 1e400, "neg": -1e400}}'
     result = decode_line(raw, "in.jsonl", 1)
-    if isinstance(result, EventRow):
+    if isinstance(result, RowView):
         assert "null" not in result.payload
         assert json.loads(result.payload, parse_float=str) == {"big": "1e400", "neg": "-1e400"}
 
@@ -328,12 +333,14 @@ def test_timestamp_error_quotes_control_characters_on_one_line() -> None:
 
 
 def test_event_from_fields_validates_python_values() -> None:
-    row = event_from_fields(
-        topic="deploy",
-        event_id="b-1",
-        timestamp="2025-01-01T12:00:00+02:00",
-        source="ci",
-        payload={"n": 2**80, "ok": True},
+    row = RowView(
+        *event_from_fields(
+            topic="deploy",
+            event_id="b-1",
+            timestamp="2025-01-01T12:00:00+02:00",
+            source="ci",
+            payload={"n": 2**80, "ok": True},
+        )
     )
     assert row.timestamp == "2025-01-01T10:00:00.000000Z"
     assert row.payload == '{"n":' + str(2**80) + ',"ok":true}'

@@ -21,19 +21,21 @@ import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg, write_jsonl
 from pg import PASSWORD, PgServer, admin_execute, fresh_database, pg_server  # noqa: F401
 
-from logagg import pgstore
-from logagg import store as store_module
 from logagg.errors import SchemaVersionError, StoreError
 from logagg.gen import generate
-from logagg.models import Checkpoint, EventRow, encode_rows, event_from_fields
-from logagg.pgstore import PostgresStore, describe, redact
-from logagg.store import EventQuery, SQLiteStore
+from logagg.models import Checkpoint, Row, encode_rows, event_from_fields
+from logagg.store import EventQuery
+from logagg.store import base as store_base
+from logagg.store import postgres as pgstore
+from logagg.store import sqlite as store_module
+from logagg.store.postgres import PostgresStore, describe, redact
+from logagg.store.sqlite import SQLiteStore
 
 SEED = int(os.environ.get("LOGAGG_TEST_SEED", "20250101"))
 Store = SQLiteStore | PostgresStore
 
 
-def row(n: int, topic: str = "t", **fields: Any) -> EventRow:
+def row(n: int, topic: str = "t", **fields: Any) -> Row:
     """A validated event row numbered `n` (see conftest.event)."""
     return event_from_fields(**event(n, topic, **fields))
 
@@ -107,7 +109,7 @@ def pg_url(pg_server: PgServer) -> str:  # noqa: F811
 
 def counters(store: Store) -> tuple[int, int, int, int]:
     s = store.stats()
-    return (s.received, s.unique_processed, s.duplicate_dropped, s.invalid)
+    return (s.counters.received, s.counters.accepted, s.counters.duplicates, s.counters.invalid)
 
 
 # --- the contract, on both backends ---------------------------------------------------------
@@ -169,7 +171,7 @@ def test_counters_invariant_holds_after_many_batches(store: Store, backend: Back
     total_invalid = 0
     for b in range(20):  # more commits than FOLD_EVERY: deltas are folded on the way
         batch = [row((b * 7 + i) % 40, f"topic{i % 3}") for i in range(9)]
-        keys.update((r.topic, r.event_id) for r in batch)
+        keys.update((r[0], r[1]) for r in batch)
         store.write_batch(batch, invalid=b % 2)
         total_invalid += b % 2
         received, accepted, duplicates, invalid = counters(store)
@@ -297,8 +299,7 @@ def test_events_match_a_sort_in_python(
 ) -> None:
     """Filters, both orders and limits; ties of timestamp in insertion order."""
     if not merge:
-        monkeypatch.setattr(store_module, "MERGE_MAX_TOPICS", 1)
-        monkeypatch.setattr(pgstore, "MERGE_MAX_TOPICS", 1)
+        monkeypatch.setattr(store_base, "MERGE_MAX_TOPICS", 1)
     fill(store)
     for base in QUERIES:
         for newest_first in (True, False):
@@ -328,7 +329,7 @@ def test_since_is_inclusive_until_exclusive_and_limits(store: Store) -> None:
 
 
 def test_many_topics_list_in_the_same_order(store: Store, backend: Backend) -> None:
-    topics = pgstore.MERGE_MAX_TOPICS + 6
+    topics = store_base.MERGE_MAX_TOPICS + 6
     store.write_batch(
         [
             row(n, f"topic{n % topics:03d}", timestamp=f"2025-01-01T00:00:{n % 7:02d}Z")
@@ -356,7 +357,12 @@ def test_stats_of_a_new_store_and_after_writes(store: Store, backend: Backend) -
     )
     store.write_batch([row(2, "b"), row(9, "c", timestamp="2026-01-01T00:00:00Z")])
     s = store.stats()
-    assert (s.received, s.unique_processed, s.duplicate_dropped, s.invalid) == (6, 4, 1, 1)
+    assert (
+        s.counters.received,
+        s.counters.accepted,
+        s.counters.duplicates,
+        s.counters.invalid,
+    ) == (6, 4, 1, 1)
     assert list(s.topics) == ["b", "a", "c"]  # most events first, then by name
     assert s.first_timestamp == "2025-01-01T00:00:02.000000Z"
     assert s.last_timestamp == "2026-01-01T00:00:00.000000Z"
@@ -492,7 +498,7 @@ def test_both_backends_store_and_list_the_same(pg_url: str, tmp_path: Path) -> N
                 e.to_json_bytes() for e in pg_store.events(query)
             ], query
         a_stats, b_stats = sqlite_store.stats(), pg_store.stats()
-        for name in ("received", "unique_processed", "duplicate_dropped", "invalid", "topics"):
+        for name in ("counters", "topics"):
             assert getattr(a_stats, name) == getattr(b_stats, name), name
         assert list(a_stats.topics) == list(b_stats.topics)
 
@@ -590,7 +596,7 @@ def test_stats_reads_no_events(pg_url: str, pg_server: PgServer) -> None:  # noq
     reader_url = f"postgresql://{role}:reader-pw@127.0.0.1:{pg_server.port}/{database}"
     with PostgresStore.open(reader_url, create=False) as reader:
         s = reader.stats()
-        assert (s.unique_processed, {t: x.events for t, x in s.topics.items()}) == (
+        assert (s.counters.accepted, {t: x.events for t, x in s.topics.items()}) == (
             10,
             {"t0": 5, "t1": 5},
         )

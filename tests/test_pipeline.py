@@ -24,7 +24,8 @@ from logagg.gen import GenStats, generate
 from logagg.models import Reject, RowBatch
 from logagg.pipeline import IngestOptions, IngestReport, ingest
 from logagg.sources import Source
-from logagg.store import BatchResult, SQLiteStore
+from logagg.store import BatchResult
+from logagg.store.sqlite import SQLiteStore
 
 WAIT = 10.0  # the most any run may take before it counts as hung
 
@@ -133,7 +134,7 @@ def test_ingesting_the_same_input_again_accepts_nothing(
     again = ingest(store, sources(path))
     assert counts(again) == (3000, 0, 3000, 0)
     assert len(contents(db)) == stats.unique
-    assert store.stats().received == 6000
+    assert store.stats().counters.received == 6000
     assert store.check().ok
 
 
@@ -251,7 +252,7 @@ def test_invalid_lines_go_to_on_reject_with_file_and_line(
     assert rejected[2].reason == "expected a JSON object, got array"
     assert "over the limit of 150 bytes" in rejected[3].reason
     assert rejected[3].raw.startswith("x")
-    assert store.stats().invalid == 4
+    assert store.stats().counters.invalid == 4
 
 
 def test_a_line_just_over_the_limit_is_rejected_and_the_rest_is_read(
@@ -447,7 +448,7 @@ def test_a_store_error_ends_the_run_with_store_error_and_no_hang(
         s.close()
     with SQLiteStore.open(str(db)) as reopened:
         assert reopened.check().ok
-        assert reopened.stats().unique_processed == 1
+        assert reopened.stats().counters.accepted == 1
 
 
 def test_a_store_error_during_a_quiet_live_pipe_ends_the_run(

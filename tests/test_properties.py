@@ -240,8 +240,8 @@ def test_store_equals_first_copy_of_each_key(scenario: Scenario) -> None:
         assert _stored(db) == model.first
         with open_store(db, create=False) as store:
             stats = store.stats()
-        assert stats.received == 2 * model.received
-        assert stats.unique_processed == len(model.first)
-        assert stats.duplicate_dropped == model.duplicates + again.duplicates
-        assert stats.invalid == 2 * model.invalid
+        assert stats.counters.received == 2 * model.received
+        assert stats.counters.accepted == len(model.first)
+        assert stats.counters.duplicates == model.duplicates + again.duplicates
+        assert stats.counters.invalid == 2 * model.invalid
         assert sum(t.events for t in stats.topics.values()) == len(model.first)

@@ -30,8 +30,9 @@ pytest.importorskip("fastapi")
 from conftest import check_store, event, logagg_cmd, run_logagg, write_jsonl  # noqa: E402
 
 from logagg.errors import StoreError  # noqa: E402
+from logagg.http import create_app  # noqa: E402
 from logagg.pipeline import IngestOptions  # noqa: E402
-from logagg.serve import create_app, human_duration  # noqa: E402
+from logagg.units import human_duration  # noqa: E402
 
 WAIT = 15.0  # the most a server may take to start or to stop
 HTTP_TIMEOUT = 30.0

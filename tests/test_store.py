@@ -15,11 +15,12 @@ import pytest
 from conftest import event
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import EventRow, event_from_fields
-from logagg.store import SCHEMA_VERSION, EventQuery, SQLiteStore, StoredEvent, open_store
+from logagg.models import Row, StoredEvent, event_from_fields
+from logagg.store import EventQuery, open_store
+from logagg.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 
-def row(n: int, topic: str = "t", **fields: Any) -> EventRow:
+def row(n: int, topic: str = "t", **fields: Any) -> Row:
     """A validated event row numbered `n` (see conftest.event)."""
     return event_from_fields(**event(n, topic, **fields))
 
@@ -51,7 +52,7 @@ def sql(db: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def counters(store: SQLiteStore) -> tuple[int, int, int, int]:
     s = store.stats()
-    return (s.received, s.unique_processed, s.duplicate_dropped, s.invalid)
+    return (s.counters.received, s.counters.accepted, s.counters.duplicates, s.counters.invalid)
 
 
 # --- opening ---------------------------------------------------------------------------
@@ -268,7 +269,12 @@ def test_stats_after_writes(store: SQLiteStore) -> None:
     )
     store.write_batch([row(2, "b"), row(9, "c", timestamp="2026-01-01T00:00:00Z")])
     s = store.stats()
-    assert (s.received, s.unique_processed, s.duplicate_dropped, s.invalid) == (6, 4, 1, 1)
+    assert (
+        s.counters.received,
+        s.counters.accepted,
+        s.counters.duplicates,
+        s.counters.invalid,
+    ) == (6, 4, 1, 1)
     assert {name: t.events for name, t in s.topics.items()} == {"a": 1, "b": 2, "c": 1}
     assert list(s.topics) == ["b", "a", "c"]  # most events first, then by name
     assert s.first_timestamp == "2025-01-01T00:00:02.000000Z"

@@ -1,56 +1,32 @@
-"""The PostgreSQL store: the SQLite store's interface and guarantees, for many writers at once.
+"""The PostgreSQL store: the same contract as SQLite, for many writers at once.
 
-Selected by a `postgresql://` or `postgres://` URL as `--db`. psycopg 3 is imported by
-this module only (`pip install 'logagg[postgres]'`); the SQLite path does not need it.
-
-Schema (created and versioned by logagg; `logagg_meta.schema_version`, a newer one is
-refused): `events` as in SQLite plus a `bigserial` `id` (ties of timestamp list in input
-order); text columns use the "C" collation so that order is byte order, as in SQLite, and
-timestamps are the same normalised text; payload and extra are `json` (the text exactly
-as received, and `payload ->> 'user'` works). Duplicates are dropped by the primary key
-with `INSERT ... ON CONFLICT DO NOTHING`.
-
-One write transaction is one statement: every RowBatch of it goes to the server as JSON
-text (a binary `text[]` parameter), is unpacked there with `jsonb_array_elements`, and is
-inserted, counted and summarised by data-modifying CTEs. The alternative, COPY (binary) of
-the rows into a temporary table and then the same `INSERT ... SELECT`, was measured: on
-400 000 generated events through `logagg ingest` (2 cores), about 79 000 events/s for the
-JSON statement against 74 000 for COPY, with 18 % less CPU in logagg, because COPY needs
-Python per row while the JSON statement leaves the GIL to the reader validating the next
-lines. The server's insert (two B-tree indexes and the WAL) is the limit either way.
+Selected by a `postgresql://` or `postgres://` URL as `--db`; psycopg 3 (the `postgres`
+extra) is imported by this module only. Text columns use the "C" collation so that order
+is byte order, as in SQLite; payload and extra are `json` (the text as received).
 
 Many writers at once:
 
-- Keys are inserted in (topic, event_id) order ("C" collation), after the first copy of
-  each key in the transaction is chosen: every transaction takes its key locks in one
-  global order, so concurrent writers racing on the same keys wait for each other but can
-  never deadlock (a transaction waits only for keys above every key it already holds).
-- Counters and topic counts are *delta rows*: each transaction appends one row to
-  `counter_deltas` and one row per topic it stored events of to `topic_deltas`, in the
-  same transaction as the events. Appending locks no existing row, so writers never queue
-  on a hot counter row or on a popular topic's row, and cannot deadlock on them in any
-  order. Reads (`stats`, `check`) add the base rows (`counters`, `topics`) to the sum of
-  the deltas. Every `FOLD_EVERY` commits, and when a store is closed, a writer folds the
-  deltas into the base rows in one transaction, under a non-blocking advisory lock (when
-  another writer is folding, it skips): the delta tables stay small, so `stats` stays
-  instant and never reads `events`. Rows per writer session summed on read were the other
-  choice: they need an update per commit, and sessions that end (every `publish` is one)
-  or are killed leave rows behind that someone must fold anyway.
+- One write transaction is one statement: every RowBatch goes to the server as JSON text
+  and is unpacked there, inserted, counted and summarised by data-modifying CTEs.
+- Keys are inserted in (topic, event_id) order after the first copy of each key is
+  chosen: every transaction takes its key locks in one global order, so writers racing
+  on the same keys wait for each other but never deadlock.
+- Counters and topic counts are *delta rows* appended in the writer's transaction (no
+  hot row to queue on); reads add the base rows to the deltas, and every `FOLD_EVERY`
+  commits a writer folds the deltas into the base rows under a non-blocking advisory
+  lock, so the delta tables stay small.
 
 PostgreSQL text cannot hold U+0000: an event with one in its topic, event_id, timestamp or
-source is counted as invalid instead of failing its whole batch (payload and extra are
-stored as escaped JSON text and keep it).
-
-Errors are StoreError with one line that never contains the password (see `redact`).
+source is counted as invalid instead of failing its whole batch.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote
 
@@ -59,22 +35,13 @@ import psycopg
 from psycopg import conninfo
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import Checkpoint, EventRow, RowBatch, StoredEvent, encode_rows
-from logagg.store import (
-    BatchResult,
-    CheckResult,
-    EventQuery,
-    StoreStats,
-    TopicStats,
-    check_counters,
-    select_events,
-    utc_now,
-)
+from logagg.models import Checkpoint, RowBatch, StoredEvent
+from logagg.store.base import BatchResult, Counters, Store, newer_schema
+from logagg.timestamps import utc_now
 
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_SECONDS = 10
 FOLD_EVERY = 16  # commits of one store between folds of the delta rows
-MERGE_MAX_TOPICS = 64  # above this many topics an unfiltered listing sorts instead of merging
 FETCH_ROWS = 2000  # rows a listing fetches from the server at a time
 WORK_MEM = "64MB"  # a transaction's sorts stay in memory
 # Advisory lock keys ("logagg" in ASCII, then 1 and 2): creating the schema, folding deltas.
@@ -310,18 +277,20 @@ def describe(exc: BaseException, url: str, *, connecting: bool = False) -> str:
     return message
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """One logagg store in a PostgreSQL database. Use `PostgresStore.open()`; close with
-    `close()` or a `with` block. Only one thread may use a store at a time."""
+    `close()` or a `with` block."""
+
+    schema_version = SCHEMA_VERSION
+    _MARK = "%s"
+    _ORDER = "id"
+    _SELECT = _SELECT_EVENTS
 
     def __init__(self, conn: psycopg.Connection[Any], url: str) -> None:
         self._conn = conn
         self._url = url
         self.path = redact(url)
         self._commits_since_fold = 0
-
-    def _error(self, exc: BaseException) -> StoreError:
-        return StoreError(describe(exc, self._url))
 
     # --- opening -------------------------------------------------------------------------
 
@@ -345,10 +314,8 @@ class PostgresStore:
             raise StoreError(describe(exc, url, connecting=True)) from None
         store = cls(conn, url)
         try:
-            store._setup(create)
-        except psycopg.Error as exc:
-            conn.close()
-            raise store._error(exc) from None
+            with store._guard():
+                store._setup(create)
         except BaseException:
             conn.close()
             raise
@@ -392,10 +359,7 @@ class PostgresStore:
 
     def _check_version(self, version: int | None) -> None:
         if version is not None and version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{self.path}: store schema version {version} is newer than this logagg "
-                f"supports ({SCHEMA_VERSION}); upgrade logagg"
-            )
+            raise newer_schema(self.path, version, SCHEMA_VERSION)
 
     def _migrate(self) -> None:
         """Create or upgrade the schema; concurrent openers wait for one another.
@@ -427,7 +391,7 @@ class PostgresStore:
                     )
             version = 0
         for step in range(version, SCHEMA_VERSION):
-            conn.execute(MIGRATIONS[step])  # type: ignore[arg-type]
+            conn.execute(MIGRATIONS[step])
         conn.execute(
             "INSERT INTO logagg_meta (key, value) VALUES ('schema_version', %s)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -451,32 +415,15 @@ class PostgresStore:
         finally:
             self._conn.close()
 
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- writing -------------------------------------------------------------------------
 
-    def write_batch(self, events: Sequence[EventRow], invalid: int = 0) -> BatchResult:
-        """Insert `events` and count `invalid` rejected lines, all in one transaction."""
-        return self.write_rows([encode_rows(events)] if events else [], invalid)
-
-    def write_rows(
+    def _insert(
         self,
         batches: Sequence[RowBatch],
-        invalid: int = 0,
-        *,
-        new_events: bool = False,
-        checkpoints: Sequence[Checkpoint] = (),
+        invalid: int,
+        new_events: bool,
+        checkpoints: Sequence[Checkpoint],
     ) -> BatchResult:
-        """Insert every row of `batches` and count `invalid` lines, in one transaction.
-
-        Within the batches (in order) and against the store, the first copy of a key wins.
-        With `new_events`, the result also holds the events this transaction stored, in
-        input order. `checkpoints` are saved in the same transaction as the rows.
-        """
         now = utc_now()
         received = sum(batch.count for batch in batches)
         docs, unstorable = _storable(batches)
@@ -490,7 +437,7 @@ class PostgresStore:
             "invalid": invalid,
         }
         conn = self._conn
-        try:
+        with self._guard():
             if self._commits_since_fold >= FOLD_EVERY:
                 self._fold()
             with conn.transaction():
@@ -504,13 +451,11 @@ class PostgresStore:
                                 for c in sorted(checkpoints, key=lambda c: c.path)
                             ],
                         )
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
         self._commits_since_fold += 1
         new: tuple[StoredEvent, ...] = ()
         if new_events:
             counts = Counter(row[0] for row in result)
-            new = tuple(StoredEvent(*row[1:], now) for row in result)
+            new = tuple(StoredEvent(r[1], r[2], r[3], r[4], r[5], r[6], now) for r in result)
         else:
             counts = Counter({bn: count for bn, count in result})
         per_batch = tuple(counts.get(bn, 0) for bn in range(1, len(batches) + 1))
@@ -530,120 +475,63 @@ class PostgresStore:
     # --- reading -------------------------------------------------------------------------
 
     def checkpoints(self) -> dict[str, Checkpoint]:
-        """The saved position of every file followed into this store, by absolute path."""
-        try:
+        with self._guard():
             rows = self._conn.execute(
                 'SELECT path, device, inode, "offset", line FROM checkpoints'
             ).fetchall()
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
         return {row[0]: Checkpoint(*row) for row in rows}
 
-    def events(self, query: EventQuery) -> Iterator[StoredEvent]:
-        """Stored events matching `query`, ordered by timestamp (ties: insertion order)."""
-        try:
-            with self._conn.transaction():
-                self._conn.execute(_SNAPSHOT)
-                topics: list[str] = []
-                if query.topic is None:
-                    topics = [
-                        row[0]
-                        for row in self._conn.execute(
-                            "SELECT topic FROM topics UNION SELECT topic FROM topic_deltas"
-                            " LIMIT %s",
-                            [MERGE_MAX_TOPICS + 1],
-                        )
-                    ]
-                if 1 < len(topics) <= MERGE_MAX_TOPICS:
-                    rows = self._merged(query, topics)
-                else:
-                    rows = self._stream(*self._select(query))
-                for row in rows:
-                    yield StoredEvent(*row[:7])
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
+    # --- primitives ----------------------------------------------------------------------
 
-    def _stream(self, sql: str, params: list[Any]) -> Iterator[tuple[Any, ...]]:
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StoreError(describe(exc, self._url)) from None
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        with self._conn.transaction():
+            self._conn.execute(_SNAPSHOT)
+            yield
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Rows of a query through a server-side cursor: memory stays bounded."""
         with self._conn.cursor(name=f"logagg_events_{next(_cursors)}") as cur:
             cur.itersize = FETCH_ROWS
-            cur.execute(sql, params)  # type: ignore[arg-type]
+            cur.execute(sql, params)
             yield from cur
 
-    def _select(self, query: EventQuery, topic: str | None = None) -> tuple[str, list[Any]]:
-        return select_events(_SELECT_EVENTS, query, topic, "%s", '"timestamp"', "id")
+    def _counters(self) -> tuple[Counters, str | None]:
+        row = self._conn.execute(_COUNTERS).fetchone()
+        assert row is not None
+        return Counters(*(int(v) for v in row[:4])), row[4]
 
-    def _merged(self, query: EventQuery, topics: list[str]) -> Iterator[tuple[Any, ...]]:
-        # One index range per topic, merged: an unfiltered listing never sorts the table.
-        streams = [self._stream(*self._select(query, topic)) for topic in topics]
-        merged = heapq.merge(*streams, key=lambda r: (r[2], r[7]), reverse=query.newest_first)
-        for n, row in enumerate(merged):
-            if query.limit is not None and n >= query.limit:
-                break
-            yield row
+    def _topic_rows(self) -> list[tuple[str, int, str, str]]:
+        return [(t, int(n), first, last) for t, n, first, last in self._conn.execute(_TOPICS)]
 
-    def stats(self) -> StoreStats:
-        """Counters and per-topic counts; reads only the small tables, never the events."""
-        try:
-            with self._conn.transaction():
-                self._conn.execute(_SNAPSHOT)
-                row = self._conn.execute(_COUNTERS).fetchone()
-                assert row is not None
-                received, accepted, duplicates, invalid, last_ingest_at = row
-                topics = {
-                    topic: TopicStats(int(count), first, last)
-                    for topic, count, first, last in self._conn.execute(_TOPICS)
-                }
-                size = self._conn.execute(
-                    "SELECT sum(pg_total_relation_size(to_regclass(t)))::bigint"
-                    " FROM unnest(%s::text[]) AS t",
-                    [["logagg_meta", *TABLES]],
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
-        return StoreStats(
-            received=int(received),
-            unique_processed=int(accepted),
-            duplicate_dropped=int(duplicates),
-            invalid=int(invalid),
-            topics=topics,
-            first_timestamp=min((t.first_timestamp for t in topics.values()), default=None),
-            last_timestamp=max((t.last_timestamp for t in topics.values()), default=None),
-            last_ingest_at=last_ingest_at,
-            database=self.path,
-            size_bytes=int(size[0] or 0) if size else 0,
-        )
+    def _topic_names(self, limit: int) -> list[str]:
+        return [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT topic FROM topics UNION SELECT topic FROM topic_deltas LIMIT %s", [limit]
+            )
+        ]
 
-    def check(self) -> CheckResult:
-        """Schema version, index integrity (with amcheck, if installed), and that counters
-        and topic counts agree with the rows."""
-        result = CheckResult()
-        problems, facts = result.problems, result.facts
-        conn = self._conn
-        try:
-            with conn.transaction():
-                conn.execute(_SNAPSHOT)
-                facts["integrity"] = self._integrity(problems)
-                facts["schema_version"] = self._version()
-                if facts["schema_version"] != SCHEMA_VERSION:
-                    problems.append(
-                        f"schema version {facts['schema_version']}, expected {SCHEMA_VERSION}"
-                    )
-                row = conn.execute(_COUNTERS).fetchone()
-                assert row is not None
-                received, accepted, duplicates, invalid = (int(v) for v in row[:4])
-                kept = {t: int(n) for t, n, _, _ in conn.execute(_TOPICS)}
-                actual = {
-                    t: int(n)
-                    for t, n in conn.execute("SELECT topic, count(*) FROM events GROUP BY topic")
-                }
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
-        check_counters(result, (received, accepted, duplicates, invalid), kept, actual)
-        return result
+    def _size(self) -> int:
+        row = self._conn.execute(
+            "SELECT sum(pg_total_relation_size(to_regclass(t)))::bigint"
+            " FROM unnest(%s::text[]) AS t",
+            [["logagg_meta", *TABLES]],
+        ).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def _stored_version(self) -> int | None:
+        return self._version()
 
     def _integrity(self, problems: list[str]) -> str:
-        """Verify the B-tree indexes of the store with amcheck when the extension is there."""
+        """Verify the B-tree indexes with amcheck when the extension is there."""
         conn = self._conn
         if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'amcheck'").fetchone():
             return "not verified (the amcheck extension is not installed)"

@@ -11,34 +11,18 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from logagg.cli.options import Emit, Format
 from logagg.errors import OutputClosed
+from logagg.units import human_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from logagg.models import StoredEvent
     from logagg.pipeline import IngestReport
-    from logagg.store import CheckResult, StoreStats
-
-
-class Emit(StrEnum):
-    new = "new"
-    duplicates = "duplicates"
-
-
-class Order(StrEnum):
-    desc = "desc"
-    asc = "asc"
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
+    from logagg.store import BatchResult, CheckResult, StoreStats
 
 
 def choose_format(requested: Format | None, piped: Format) -> Format:
@@ -54,8 +38,14 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def _binary_stdout() -> IO[bytes]:
-    buffer = getattr(sys.stdout, "buffer", None)
+class BinaryOut(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+def _binary_stdout() -> BinaryOut:
+    buffer: BinaryOut | None = getattr(sys.stdout, "buffer", None)
     return buffer if buffer is not None else _TextAsBytes(sys.stdout)
 
 
@@ -129,32 +119,9 @@ def _events_table(events: list[StoredEvent]) -> int:
 # --- stats ---------------------------------------------------------------------------
 
 
-def stats_document(stats: StoreStats) -> dict[str, Any]:
-    return {
-        "received": stats.received,
-        "unique_processed": stats.unique_processed,
-        "duplicate_dropped": stats.duplicate_dropped,
-        "invalid": stats.invalid,
-        "topics": {name: t.events for name, t in stats.topics.items()},
-        "topic_details": {
-            name: {
-                "events": t.events,
-                "first_timestamp": t.first_timestamp,
-                "last_timestamp": t.last_timestamp,
-            }
-            for name, t in stats.topics.items()
-        },
-        "first_timestamp": stats.first_timestamp,
-        "last_timestamp": stats.last_timestamp,
-        "last_ingest_at": stats.last_ingest_at,
-        "database": stats.database,
-        "size_bytes": stats.size_bytes,
-    }
-
-
 def write_stats(stats: StoreStats, fmt: Format) -> None:
     if fmt is not Format.table:
-        print_json(stats_document(stats))
+        print_json(stats.to_dict())
         return
     from rich.table import Table
 
@@ -162,17 +129,18 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column(justify="right")
+    c = stats.counters
     for label, value in (
-        ("received", stats.received),
-        ("unique_processed", stats.unique_processed),
-        ("duplicate_dropped", stats.duplicate_dropped),
-        ("invalid", stats.invalid),
+        ("received", c.received),
+        ("unique_processed", c.accepted),
+        ("duplicate_dropped", c.duplicates),
+        ("invalid", c.invalid),
     ):
         summary.add_row(label, f"{value:,}")
     summary.add_row("first event", stats.first_timestamp or "-")
     summary.add_row("last event", stats.last_timestamp or "-")
     summary.add_row("last ingest", stats.last_ingest_at or "-")
-    summary.add_row("database", f"{stats.database} ({_human_bytes(stats.size_bytes)})")
+    summary.add_row("database", f"{stats.database} ({human_bytes(stats.size_bytes)})")
     con.print(summary)
     if stats.topics:
         topics = Table(show_edge=False, pad_edge=False)
@@ -186,14 +154,6 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
             topics.add_row(name, f"{t.events:,}", t.first_timestamp, t.last_timestamp)
         con.print()
         con.print(topics)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 # --- ingest / check / publish ----------------------------------------------------------
@@ -256,26 +216,15 @@ class Emitter:
     is written before it is committed.
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: Emit) -> None:
         self.what = what
         self.out = _binary_stdout()
 
-    def __call__(self, batches: Any, result: Any) -> None:
-        from logagg.models import StoredEvent
-
-        lines = [event.to_json_bytes() for event in result.new] if self.what == "new" else []
-        if self.what == "duplicates":
-            stored = {(e.topic, e.event_id) for e in result.new}
-            for batch in batches:
-                for row in json.loads(batch.json):
-                    key = (row[0], row[1])
-                    if key in stored:
-                        stored.discard(key)  # its first copy is the stored one
-                    else:
-                        lines.append(StoredEvent(*row, "").to_json_bytes())
+    def __call__(self, result: BatchResult) -> None:
+        events = result.new if self.what is Emit.new else result.dropped
         try:
-            if lines:
-                self.out.write(b"\n".join(lines) + b"\n")
+            if events:
+                self.out.write(b"\n".join(e.to_json_bytes() for e in events) + b"\n")
                 self.out.flush()
         except BrokenPipeError:
             raise OutputClosed("stdout was closed; what was read so far is committed") from None

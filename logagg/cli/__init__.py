@@ -1,0 +1,111 @@
+"""The `logagg` command line: the Typer app and the one place errors become exit codes.
+
+Each command group lives in its own module; the core is imported inside the commands so
+that `logagg --help` starts quickly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from logagg import __version__
+from logagg.cli import gen, ingest, publish, read, serve
+from logagg.errors import ExitCode, LogaggError, exit_code_for
+
+
+class _App(TyperGroup):
+    """Runs a command and turns whatever ended it into a message and an exit status."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(
+                args=args,
+                prog_name=prog_name or "logagg",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+            code = code if isinstance(code, int) else ExitCode.OK
+        except BaseException as exc:
+            code = _outcome(exc)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _outcome(exc: BaseException) -> int:
+    """Report what ended a command in one line on stderr; return its exit status."""
+    if isinstance(exc, typer.Exit):
+        return exc.exit_code
+    if isinstance(exc, typer.TyperException):  # the parser's usage errors
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _fail(exc.format_message() + hint)
+        return ExitCode.USAGE
+    if isinstance(exc, typer.Abort):
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, LogaggError):
+        if str(exc):
+            _fail(str(exc))
+        return exit_code_for(exc)
+    raise exc
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"logagg: error: {message}\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"logagg {__version__}\n")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    cls=_App,
+    name="logagg",
+    help="Keep every event of an at-least-once stream exactly once, in a local SQLite file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Keep every event of an at-least-once stream exactly once, in a local SQLite file."""
+
+
+app.command()(ingest.ingest)
+app.command()(publish.publish)
+app.command()(read.events)
+app.command()(read.stats)
+app.command()(read.check)
+app.command()(gen.gen)
+app.command()(serve.serve)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,306 @@
+"""`logagg ingest`: files and stdin into the store, with the report and exit status."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Annotated
+
+import typer
+
+from logagg.cli.options import DEFAULT_DB, Db, Emit
+from logagg.errors import InputErrors, Interrupted, Rejected, UsageError
+
+if TYPE_CHECKING:
+    from logagg.mapping import Mapping
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+def ingest(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PATH...",
+            help="JSON-lines files (.gz too); '-' or none reads stdin.",
+            show_default=False,
+        ),
+    ] = None,
+    db: Db = DEFAULT_DB,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most events per transaction.")] = 50_000,
+    flush_interval: Annotated[
+        float,
+        typer.Option(min=0.001, help="Most seconds an event waits before its transaction commits."),
+    ] = 0.2,
+    queue_size: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Batches that may wait between reader and writer (the memory bound)."
+        ),
+    ] = 12,
+    max_line_bytes: Annotated[
+        int, typer.Option(min=64, help="Longer lines are rejected without being read into memory.")
+    ] = 1 << 20,
+    rejects: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write rejected lines here as JSON lines: file, line, error, raw.", dir_okay=False
+        ),
+    ] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 3 if any line was rejected.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout.")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No report, no progress, no reject messages (rejects still counted).",
+        ),
+    ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-F",
+            help="Keep reading the files as they grow, like tail -F (rotation, truncation, "
+            "files that appear later), continuing where the last committed line ends.",
+        ),
+    ] = False,
+    emit: Annotated[
+        Emit | None,
+        typer.Option(
+            help="Write each committed new (or dropped duplicate) event to stdout as JSON "
+            "lines, in input order.",
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Read a known log format: cloudevents, docker, pino, bunyan, structlog, "
+            "journald or gelf.",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            metavar="TARGET=PATH",
+            help="Where a field is: topic, event_id, timestamp or source = a dotted path "
+            "into the line; repeatable.",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    payload_field: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="The payload's path [default with a mapping: the rest of the line].",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option(help="Topic for lines that have none.", rich_help_panel="Your logs"),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Source for lines that have none [default with a mapping: the file name].",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    id_from_content: Annotated[
+        bool,
+        typer.Option(
+            help="Lines without an id get a stable hash of their content as event_id.",
+            rich_help_panel="Your logs",
+        ),
+    ] = False,
+    time_unit: Annotated[
+        str | None,
+        typer.Option(
+            metavar="s|ms|us",
+            help="Unit of epoch-number timestamps [default: told by magnitude].",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="topic,event_id|source,id",
+            help="What identifies an event: (topic, event_id) [default], or (source, id) as "
+            "in CloudEvents.",
+            rich_help_panel="Your logs",
+        ),
+    ] = None,
+) -> None:
+    """Read JSON-lines events into the store, dropping duplicates by (topic, event_id)."""
+    from logagg.cli.render import Emitter, RejectPrinter, file_progress, print_json, write_report
+    from logagg.pipeline import IngestOptions
+    from logagg.pipeline import ingest as run_ingest
+    from logagg.sources import Source
+    from logagg.store import open_store
+
+    sources = [Source(p) for p in (paths or ["-"])]
+    if sum(s.is_stdin for s in sources) > 1:
+        raise UsageError("stdin ('-') can be read only once")
+    if emit is not None and json_:
+        raise UsageError("--emit writes events to stdout: use it without --json")
+    if follow and any(s.is_stdin for s in sources):
+        raise UsageError("--follow reads files: name them (stdin is followed anyway)")
+    mapping = _mapping(preset, map_, payload_field, topic, source, id_from_content, time_unit, key)
+    options = IngestOptions(
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        queue_size=queue_size,
+        max_line_bytes=max_line_bytes,
+        mapping=mapping,
+        follow=follow,
+    )
+    show_progress = (
+        not quiet and not follow and sys.stderr.isatty() and not all(s.is_stdin for s in sources)
+    )
+    stop = threading.Event()
+    with _rejects_file(rejects) as sink:
+        printer = RejectPrinter(show=10, quiet=quiet, sink=sink)
+        with (
+            open_store(db) as store,
+            _stop_on_signals(stop) as caught,
+            file_progress(show_progress) as progress,
+        ):
+            report = run_ingest(
+                store,
+                sources,
+                options,
+                stop=stop,
+                on_reject=printer,
+                on_progress=progress,
+                on_commit=Emitter(emit) if emit is not None else None,
+            )
+    printer.finish()
+    for message in report.source_errors:
+        sys.stderr.write(f"logagg: error: {message}\n")
+    if json_:
+        print_json(report.to_dict())
+    elif not quiet:
+        write_report(report)
+    if caught:
+        raise Interrupted(caught[0])
+    if report.source_errors:
+        raise InputErrors("")
+    if strict and report.invalid:
+        raise Rejected("")
+
+
+@contextlib.contextmanager
+def _rejects_file(path: Path | None) -> Iterator[IO[bytes] | None]:
+    """The `--rejects` file, replaced; created like the store, never world-writable."""
+    if path is None:
+        yield None
+        return
+    try:
+        sink = os.fdopen(os.open(path, _CREATE, 0o644), "wb")
+    except OSError as exc:
+        raise UsageError(f"--rejects {path}: {exc.strerror}") from None
+    with sink:
+        yield sink
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM set `stop` (once; a second one acts as usual).
+
+    Yields a list that receives the signal numbers caught. Main thread only.
+    """
+    caught: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in watched}
+
+    def handler(signum: int, _frame: object) -> None:
+        caught.append(signum)
+        stop.set()
+        for sig in watched:
+            signal.signal(sig, previous[sig])
+
+    for sig in watched:
+        signal.signal(sig, handler)
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _mapping(
+    preset: str | None,
+    maps: list[str] | None,
+    payload_field: str | None,
+    topic: str | None,
+    source: str | None,
+    id_from_content: bool,
+    time_unit: str | None,
+    key: str | None,
+) -> Mapping | None:
+    """The Mapping the "Your logs" options ask for, or None for logagg's own schema."""
+    if not (
+        preset or maps or payload_field or topic or source or id_from_content or time_unit or key
+    ):
+        return None
+    from logagg.mapping import Mapping, get_preset
+
+    try:
+        return (get_preset(preset) if preset else Mapping()).override(
+            fields=parse_map_options(maps or []),
+            payload_field=payload_field,
+            topic=topic,
+            source=source,
+            id_from_content=id_from_content,
+            time_unit=time_unit,  # type: ignore[arg-type]
+            key=parse_key(key) if key else None,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_map_options(pairs: list[str]) -> dict[str, str]:
+    """`["topic=type", "source=repo.name"]` -> `{"topic": "type", "source": "repo.name"}`.
+
+    Raises ValueError with a one-line message for a pair without `=`, an unknown target,
+    a target given twice or an invalid path.
+    """
+    from logagg.mapping import TARGETS, parse_path
+
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        target, sep, path = pair.partition("=")
+        target, path = target.strip(), path.strip()
+        if not sep or not target or not path:
+            raise ValueError(f"invalid --map {pair!r}: use TARGET=PATH, e.g. topic=type")
+        if target not in TARGETS:
+            hint = "; use --payload-field for the payload" if target == "payload" else ""
+            raise ValueError(
+                f"unknown --map target {target!r} (targets: {', '.join(TARGETS)}){hint}"
+            )
+        if target in fields:
+            raise ValueError(f"--map {target} is given twice")
+        parse_path(path)
+        fields[target] = path
+    return fields
+
+
+def parse_key(text: str) -> tuple[str, str]:
+    """`"source,id"` -> `("source", "id")`; ValueError for anything but the known keys."""
+    from logagg.mapping import KEYS
+
+    key = tuple(part.strip() for part in text.split(","))
+    if key not in KEYS:
+        raise ValueError(f"invalid --key {text!r} (use topic,event_id or source,id)")
+    return key[0], key[1]
