@@ -1,85 +1,10 @@
-"""Turn one decoded JSON log line into logagg events: field mapping, content ids, CloudEvents.
+"""Reading log lines that are not in logagg's schema: field mapping, presets, content ids
+and CloudEvents.
 
-A `Mapping` takes a line as decoded by `orjson.loads` and returns event dicts in logagg's
-input schema (`topic`, `event_id`, `timestamp`, `source`, `payload`, extra fields), ready
-for `logagg.models` to validate; a line it cannot map raises `MappingError` naming what is
-missing. Nothing here reads files, touches a store or prints.
-
-Field mapping
--------------
-`fields` maps a target (`topic`, `event_id`, `timestamp`, `source`) to a dotted path into
-the line (`repo.name`; a key that itself contains dots, such as `log.level`, is matched
-first; a numeric segment indexes an array). A target without a path is read from the
-field of its own name, so `{"timestamp": "ts"}` is enough for lines that otherwise follow
-logagg's schema. Then, per target:
-
-- `topic`, `source`: the line's value (a string, or an integer as its decimal text); when
-  the line has none (absent, null or empty), the constant `topic` / `source`. The caller sets the
-  constant source to the file name when the user gave none (`with_default_source`).
-- `event_id`: the line's value; when it has none and `id_from_content` is set, a content
-  id (below), so a line's own id always wins; otherwise the line is rejected.
-- `timestamp`: required. RFC 3339 strings pass through unchanged (logagg.models
-  normalises them to UTC). Epoch numbers, and strings of digits such as journald's
-  `"1715678467123456"`, become RFC 3339 UTC strings in the unit `time_unit` (`s`, `ms`,
-  `us`), or, when it is None, in the unit their magnitude implies: below 1e11 seconds
-  (up to the year 5138), below 1e14 milliseconds, otherwise microseconds.
-- `payload`: with `payload_field` None, the rest of the object: everything the mapped
-  paths did not consume (a nested path removes only its leaf, and drops its parent if
-  that leaves it empty). With a `payload_field`, its value (an object as it is, any other
-  value wrapped as `{last_segment: value}`, none as `{}`), and the line's other fields stay
-  at the top level, where logagg keeps them in its `extra` column and returns them.
-
-Content ids
------------
-`id_from_content`: the event_id is the first 32 hex digits of the SHA-256 of the line's
-canonical JSON (keys sorted at every level, no whitespace, UTF-8), so key order and spacing
-do not matter and a re-sent line is a duplicate. Only the line counts: not its file name,
-so re-reading a rotated copy of a file finds the same ids.
-
-CloudEvents
------------
-With `cloudevents`, a line is a CloudEvents 1.0 event in structured JSON mode, or a JSON
-array of them (the batch format; one bad event rejects the whole line). `type` -> topic,
-`id` -> event_id, `source` -> source, `time` -> timestamp, `data` -> payload (an object as
-it is, any other value as `{"data": value}`), `data_base64` -> payload
-`{"data_base64": "..."}`. Every other attribute - `specversion`, `subject`,
-`datacontenttype`, `dataschema` and extension attributes - is kept under one extra
-top-level field, `"cloudevents": {...}`, which logagg stores and returns with the event.
-`specversion` (1.x), `id`, `source` and `type` are required non-empty strings; a missing
-one is named in the error. `time` is optional in CloudEvents: when it is absent the
-timestamp is the time the line is mapped (the `now` argument of `apply`, by default the
-current UTC time), so such an event is kept, not rejected.
-
-Identity
---------
-logagg's identity is `(topic, event_id)`, so by default a CloudEvent is identified by
-`(type, id)`. The CloudEvents rule is that `(source, id)` identifies an event: producers
-keep `id` unique per source, not per type. With `key=("source", "id")` the stored
-event_id is `"<source> <id>"` (the source, a space, the id; a CloudEvents source is a URI
-reference, which holds no space, so the pair is recoverable) and the topic stays the type.
-The difference: by default the same id from two sources under one type is a duplicate (and
-the second event is lost); with the source rule both are kept. The stored key is then
-`(type, "source id")`, which differs from the pure CloudEvents rule only for a producer
-that sends one source and id with two different types. Like any event_id, the pair must
-fit in 255 characters. The same rule works for any mapping (`("source", "event_id")`).
-
-Presets
--------
-| preset      | topic                          | event_id | timestamp                 | source    |
-|-------------|--------------------------------|----------|---------------------------|-----------|
-| cloudevents | type                           | id       | time                      | source    |
-| docker      | "docker"                       | content  | time                      | (default) |
-| pino        | name, else "pino"              | content  | time (ms)                 | hostname  |
-| bunyan      | name, else "bunyan"            | content  | time                      | hostname  |
-| structlog   | logger, else "structlog"       | content  | timestamp (RFC 3339 or s) | (default) |
-| journald    | _SYSTEMD_UNIT, else "journald" | __CURSOR | __REALTIME_TIMESTAMP (us) | _HOSTNAME |
-| gelf        | "gelf"                         | content  | timestamp (s)             | host      |
-
-"content" is a content id; "(default)" is the constant source, which the caller sets to
-the file name when the user gave none (Docker's json-file log is one file per container).
-In every preset but cloudevents the payload is the rest of the line (Docker: `log` and
-`stream`; pino and bunyan: `level`, `msg`, `pid`, ...; journald: `MESSAGE`, `PRIORITY`,
-...; GELF: `short_message`, `level`, `_extra` fields, ...).
+A `Mapping` turns one decoded JSON line into event dicts in logagg's input schema, ready
+for `logagg.models` to validate; a line it cannot map raises `MappingError` naming why.
+Nothing here reads files, touches a store or prints. The rules are in the README
+("Your logs").
 """
 
 from __future__ import annotations

@@ -129,13 +129,7 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column(justify="right")
-    c = stats.counters
-    for label, value in (
-        ("received", c.received),
-        ("unique_processed", c.accepted),
-        ("duplicate_dropped", c.duplicates),
-        ("invalid", c.invalid),
-    ):
+    for label, value in stats.counters.to_dict().items():
         summary.add_row(label, f"{value:,}")
     summary.add_row("first event", stats.first_timestamp or "-")
     summary.add_row("last event", stats.last_timestamp or "-")

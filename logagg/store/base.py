@@ -90,6 +90,15 @@ class Counters:
     duplicates: int
     invalid: int
 
+    def to_dict(self) -> dict[str, int]:
+        """The counters under the names users see (those of the original API)."""
+        return {
+            "received": self.received,
+            "unique_processed": self.accepted,
+            "duplicate_dropped": self.duplicates,
+            "invalid": self.invalid,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:
@@ -109,12 +118,8 @@ class StoreStats:
 
     def to_dict(self) -> dict[str, Any]:
         """The stats document of `logagg stats --json` (the original API's counter names)."""
-        c = self.counters
         return {
-            "received": c.received,
-            "unique_processed": c.accepted,
-            "duplicate_dropped": c.duplicates,
-            "invalid": c.invalid,
+            **self.counters.to_dict(),
             "topics": {name: t.events for name, t in self.topics.items()},
             "topic_details": {
                 name: {
@@ -354,13 +359,7 @@ def _check_counters(
     c = counters
     rows = sum(actual.values())
     problems = result.problems
-    result.facts.update(
-        received=c.received,
-        unique_processed=c.accepted,
-        duplicate_dropped=c.duplicates,
-        invalid=c.invalid,
-        rows=rows,
-    )
+    result.facts.update(c.to_dict(), rows=rows)
     if c.received != c.accepted + c.duplicates + c.invalid:
         problems.append(
             f"counters disagree: received {c.received} != unique_processed {c.accepted}"
