@@ -1,19 +1,27 @@
-"""Shared fixtures: a store path per test, a CLI runner, and real `logagg` processes."""
+"""Shared fixtures: a store path per test, a store, a CLI runner, a pipe, real `logagg`
+processes, and (from tests/pg.py) the session's PostgreSQL server with a schema per test.
+
+Plain helpers are in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import pytest
+from helpers import Backend
+from pg import pg_database_url, pg_server, pg_shared_database, pg_url  # noqa: F401
 from typer.testing import CliRunner
 
 from logagg.cli import app
+from logagg.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -37,8 +45,35 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def backend(db: Path) -> Backend:
+    """Where `store` lives: SQLite at `db`. The contract suite overrides this fixture with
+    one parametrised over both backends."""
+    return Backend("sqlite", str(db))
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[Store]:
+    """An open store at `backend` (a new, empty one), closed after the test."""
+    with backend.open() as opened:
+        yield opened
+
+
+@pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, BinaryIO]]:
+    """A real pipe: the write end as an fd, the read end as an unbuffered binary file."""
+    r, w = os.pipe()
+    reader = cast(BinaryIO, os.fdopen(r, "rb", buffering=0))
+    try:
+        yield w, reader
+    finally:
+        reader.close()
+        with contextlib.suppress(OSError):
+            os.close(w)
 
 
 def invoke(runner: CliRunner, *args: str, input: str | bytes | None = None) -> Any:
@@ -88,14 +123,14 @@ def run_logagg(
     )
 
 
-def check_store(db: Path) -> dict[str, Any]:
+def check_store(db: Path | str) -> dict[str, Any]:
     """Run `logagg check --json` in a real process; fail the test unless healthy."""
     proc = run_logagg("check", "--db", db, "--json")
     assert proc.returncode == 0, proc.stderr.decode() + proc.stdout.decode()
     return json.loads(proc.stdout)
 
 
-def stats(db: Path) -> dict[str, Any]:
+def stats(db: Path | str) -> dict[str, Any]:
     proc = run_logagg("stats", "--db", db, "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)

@@ -2,7 +2,11 @@
 
 `pg_server` is a session fixture: one server in a temporary directory, on a free TCP port
 of 127.0.0.1 (and a unix socket in the same directory), with password authentication for
-TCP. `fresh_database(server)` creates a new, empty database and returns its URL.
+TCP. `pg_url` gives a test an empty schema of its own in one database shared by the
+session (a URL with `options=-csearch_path%3D<schema>`, as the README's "Scaling out"
+shows) and drops it afterwards; `pg_database_url` gives a whole new database, for what is
+database-wide (extensions, a database without a store), and drops it afterwards.
+`fresh_database(server)` creates a new, empty database and returns its URL.
 
 initdb refuses to run as root: under root, the server runs as the `postgres` user (or
 `nobody`), which owns the temporary directory. Missing server binaries fail the session
@@ -17,16 +21,15 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import pytest
+from helpers import free_port
 
 USER = "logagg"
 PASSWORD = "s3cret-Pa55word"  # tests check that this never appears in any output
@@ -43,7 +46,9 @@ TEST_SETTINGS = {
     "max_connections": "60",
     "max_wal_size": "1GB",
 }
+SHARED_DATABASE = "logagg_tests"  # holds one schema per test
 _databases = itertools.count(1)
+_schemas = itertools.count(1)
 
 
 def find_bindir() -> Path | None:
@@ -57,12 +62,6 @@ def find_bindir() -> Path | None:
         if all((directory / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
             return directory
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _server_user() -> str | None:
@@ -180,7 +179,7 @@ def start_server(settings: dict[str, str] | None = None, attempts: int = 3) -> P
         raise RuntimeError(MISSING)
     run_as = _server_user()
     root = Path(tempfile.mkdtemp(prefix="logagg-pg-"))
-    server = PgServer(bindir, root, _free_port(), run_as, dict(TEST_SETTINGS | (settings or {})))
+    server = PgServer(bindir, root, free_port(), run_as, dict(TEST_SETTINGS | (settings or {})))
     try:
         pwfile = root / "pwfile"
         pwfile.write_text(PASSWORD + "\n")
@@ -210,19 +209,18 @@ def start_server(settings: dict[str, str] | None = None, attempts: int = 3) -> P
             except RuntimeError:
                 if attempt == attempts - 1:
                     raise
-                server.port = _free_port()  # someone took the port meanwhile
-                time.sleep(0.2)
+                server.port = free_port()  # someone took the port meanwhile
     except BaseException:
         server.destroy()
         raise
     raise AssertionError("unreachable")
 
 
-def admin_execute(server: PgServer, statement: str) -> None:
-    """Run one statement as the superuser in the `postgres` database (autocommit)."""
+def admin_execute(server: PgServer, statement: str, database: str = "postgres") -> None:
+    """Run one statement as the superuser in `database` (autocommit)."""
     import psycopg
 
-    with psycopg.connect(server.url(), autocommit=True) as conn:
+    with psycopg.connect(server.url(database), autocommit=True) as conn:
         conn.execute(statement)  # type: ignore[arg-type]
 
 
@@ -233,14 +231,112 @@ def fresh_database(server: PgServer, prefix: str = "t") -> str:
     return server.url(name)
 
 
+def drop_database(server: PgServer, url: str) -> None:
+    """DROP the database a URL of `fresh_database` names, closing its connections."""
+    name = url.rsplit("/", 1)[1].partition("?")[0]
+    admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def with_options(url: str, option: str) -> str:
+    """`url` with a server `option` (`-c name=value`) added to its `options` parameter."""
+    head, _, query = url.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    options = " ".join([*(v for k, v in params if k == "options"), option])
+    params = [(k, v) for k, v in params if k != "options"] + [("options", options)]
+    return f"{head}?{urlencode(params, quote_via=quote)}"
+
+
+def schema_url(url: str, schema: str) -> str:
+    """`url` with logagg's tables in `schema`: the first schema of the search_path."""
+    return with_options(url, f"-csearch_path={schema}")
+
+
+def schema_of(url: str) -> str:
+    """The schema a URL of `fresh_schema` puts logagg's tables in."""
+    return url.rpartition("search_path%3D")[2].partition("%20")[0]
+
+
+def as_user(url: str, user: str, password: str) -> str:
+    """`url` (of this server) for another role."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest.partition('@')[2]}"
+
+
+def fresh_schema(server: PgServer, database: str = SHARED_DATABASE, prefix: str = "s") -> str:
+    """CREATE a new empty schema in `database`; return a URL that puts logagg's tables in it."""
+    name = f"{prefix}_{os.getpid()}_{next(_schemas)}"
+    admin_execute(server, f'CREATE SCHEMA "{name}"', database)
+    return schema_url(server.url(database), name)
+
+
+def drop_schema(server: PgServer, url: str) -> None:
+    """DROP the schema a URL of `fresh_schema` names, with everything in it.
+
+    A connection a test left open may hold a lock on it: after a short wait, the other
+    connections to the database are closed and the drop is tried again.
+    """
+    import psycopg
+
+    database = url.rsplit("/", 1)[1].partition("?")[0]
+    schema = schema_of(url)
+    with psycopg.connect(server.url(database), autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '5s'")
+        try:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
+        except psycopg.errors.LockNotAvailable:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
+
+
+_running: list[PgServer] = []  # the session's server, shared by every module importing it
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the whole test session, deleted at the end."""
+    if _running:
+        yield _running[0]
+        return
     try:
         server = start_server()
     except RuntimeError as exc:
         pytest.fail(f"cannot start a PostgreSQL server for the tests: {exc}", pytrace=False)
+    _running.append(server)
     try:
         yield server
     finally:
+        _running.clear()
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_shared_database(pg_server: PgServer) -> str:
+    """The database that holds every test's schema (it goes with the server)."""
+    import psycopg
+
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [SHARED_DATABASE]
+        ).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{SHARED_DATABASE}"')  # type: ignore[arg-type]
+    return SHARED_DATABASE
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer, pg_shared_database: str) -> Iterator[str]:
+    """A URL of an empty schema of this test's own in the shared database; dropped after."""
+    url = fresh_schema(pg_server, pg_shared_database)
+    yield url
+    drop_schema(pg_server, url)
+
+
+@pytest.fixture
+def pg_database_url(pg_server: PgServer) -> Iterator[str]:
+    """A URL of a whole new database, for what is database-wide; dropped afterwards."""
+    url = fresh_database(pg_server)
+    yield url
+    drop_database(pg_server, url)
