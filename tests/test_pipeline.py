@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import json
 import os
-import sqlite3
-import struct
-import termios
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import pytest
 from conftest import event, write_jsonl
+from helpers import contents, event_count, unread, wait_for_events, wait_until
 
 from logagg.errors import StoreError
 from logagg.gen import GenStats, generate
@@ -28,21 +24,6 @@ from logagg.store import BatchResult
 from logagg.store.sqlite import SQLiteStore
 
 WAIT = 10.0  # the most any run may take before it counts as hung
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[SQLiteStore]:
-    with SQLiteStore.open(str(db)) as opened:
-        yield opened
-
-
-def contents(db: Path) -> list[tuple[Any, ...]]:
-    """The stored events without ingest times, in key order."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT topic, event_id, timestamp, source, payload, extra FROM events"
-            " ORDER BY topic, event_id"
-        ).fetchall()
 
 
 def counts(report: IngestReport) -> tuple[int, int, int, int]:
@@ -94,10 +75,13 @@ def test_report_counts_a_file_with_duplicates_invalid_and_blank_lines(
             "[]",
         ],
     )
+    started = time.monotonic()
     report = ingest(store, sources(path))
+    wall = time.monotonic() - started
     assert counts(report) == (9, 4, 2, 3)
     assert report.source_errors == []
-    assert report.elapsed_seconds > 0
+    assert 0 < report.elapsed_seconds <= wall
+    assert report.events_per_second == pytest.approx(9 / report.elapsed_seconds)
     assert len(contents(db)) == 4
     assert store.check().ok
     doc = report.to_dict()
@@ -306,39 +290,6 @@ def test_a_corrupt_gzip_is_a_source_error_and_the_next_file_is_read(
 # --- pipes and stopping ------------------------------------------------------------------
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, BinaryIO]]:
-    r, w = os.pipe()
-    reader = cast(BinaryIO, os.fdopen(r, "rb", buffering=0))
-    try:
-        yield w, reader
-    finally:
-        reader.close()
-        with contextlib.suppress(OSError):
-            os.close(w)
-
-
-def unread(fd: int) -> int:
-    """Bytes written to a pipe and not yet read by the other side."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-def wait_for_rows(db: Path, n: int, seconds: float = 5.0) -> int:
-    """Poll the store from a separate connection until it holds `n` events."""
-    deadline = time.monotonic() + seconds
-    found = 0
-    while time.monotonic() < deadline:
-        with sqlite3.connect(db) as conn:
-            try:
-                found = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-            except sqlite3.OperationalError:
-                found = 0
-        if found >= n:
-            return found
-        time.sleep(0.02)
-    return found
-
-
 def start_ingest(
     store: SQLiteStore, reader: BinaryIO, stop: threading.Event, options: IngestOptions
 ) -> tuple[threading.Thread, dict[str, Any]]:
@@ -362,14 +313,38 @@ def test_live_pipe_events_are_committed_while_the_writer_stays_open(
     stop = threading.Event()
     thread, outcome = start_ingest(store, reader, stop, IngestOptions(flush_interval=0.05))
     os.write(w, (json.dumps(event(1)) + "\n" + json.dumps(event(2)) + "\n").encode())
-    assert wait_for_rows(db, 2) == 2
+    assert wait_for_events(db, 2) == 2
     assert thread.is_alive()
     os.write(w, (json.dumps(event(3)) + "\n").encode())
-    assert wait_for_rows(db, 3) == 3
+    assert wait_for_events(db, 3) == 3
     os.close(w)
     thread.join(WAIT)
     assert not thread.is_alive()
     assert counts(outcome["report"]) == (3, 3, 0, 0)
+
+
+def test_elapsed_time_spans_the_whole_run_of_a_live_pipe(
+    store: SQLiteStore, db: Path, pipe: tuple[int, BinaryIO]
+) -> None:
+    """The report's time runs from the start to the end of the input, quiet spells too."""
+    w, reader = pipe
+    started = time.monotonic()
+    thread, outcome = start_ingest(
+        store, reader, threading.Event(), IngestOptions(flush_interval=0.01)
+    )
+    os.write(w, (json.dumps(event(1)) + "\n" + json.dumps(event(2)) + "\n").encode())
+    wait_for_events(db, 2)
+    quiet = 0.3  # the producer keeps its end open and writes nothing for a while
+    time.sleep(quiet)
+    os.close(w)
+    thread.join(WAIT)
+    wall = time.monotonic() - started
+    assert not thread.is_alive()
+    report = outcome["report"]
+    assert counts(report) == (2, 2, 0, 0)
+    assert quiet <= report.elapsed_seconds <= wall
+    assert report.to_dict()["elapsed_seconds"] == round(report.elapsed_seconds, 3)
+    assert report.events_per_second == pytest.approx(2 / report.elapsed_seconds)
 
 
 def test_stop_commits_what_was_read_and_returns(
@@ -382,11 +357,9 @@ def test_stop_commits_what_was_read_and_returns(
     thread, outcome = start_ingest(store, reader, stop, options)
     os.write(w, "".join(json.dumps(event(n)) + "\n" for n in range(5)).encode())
     os.write(w, b"bad line\n")
-    deadline = time.monotonic() + 5
-    while unread(w) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert unread(w) == 0
-    assert wait_for_rows(db, 1, seconds=0.2) == 0
+    wait_until(lambda: unread(w) == 0, WAIT, "the reader to take the input")
+    time.sleep(0.2)  # a quiet spell, far shorter than the flush interval
+    assert event_count(db) == 0, "committed before the flush interval or the stop"
     stop.set()
     thread.join(WAIT)
     assert not thread.is_alive(), "ingest did not return after stop"
@@ -461,7 +434,7 @@ def test_a_store_error_during_a_quiet_live_pipe_ends_the_run(
     try:
         thread, outcome = start_ingest(s, reader, stop, IngestOptions(flush_interval=0.01))
         os.write(w, (json.dumps(event(1)) + "\n").encode())
-        assert wait_for_rows(db, 1) == 1
+        assert wait_for_events(db, 1) == 1
         os.write(w, (json.dumps(event(2)) + "\n").encode())
         thread.join(3)
         hung = thread.is_alive()
