@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg
-
-from logagg.store.sqlite import _V1, SCHEMA_VERSION, SQLiteStore
-
-WAIT = 20.0  # seconds a followed line may take to be committed before the test fails
+from helpers import WAIT, event_count, seed_from_env, stored_ids, wait_until
 
 
 def append(path: Path, *numbers: int, topic: str = "f") -> None:
@@ -26,27 +21,9 @@ def append(path: Path, *numbers: int, topic: str = "f") -> None:
             f.write(json.dumps(event(n, topic=topic)) + "\n")
 
 
-def stored_ids(db: Path) -> list[str]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db)
-    try:
-        return [row[0] for row in conn.execute("SELECT event_id FROM events ORDER BY rowid")]
-    except sqlite3.OperationalError:  # the schema is being created by the follower
-        return []
-    finally:
-        conn.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def wait_ids(db: Path, expected: list[str]) -> None:
-    wait_for(lambda: sorted(stored_ids(db)) == sorted(expected), f"events {expected}")
+    """Wait until the store holds exactly the events `expected` (in any order)."""
+    wait_until(lambda: sorted(stored_ids(db)) == sorted(expected), WAIT, f"the events {expected}")
 
 
 @pytest.fixture
@@ -164,38 +141,20 @@ def test_a_partial_last_line_waits_for_its_newline(
 
 
 def test_follow_with_stdin_is_a_usage_error(db: Path) -> None:
-    assert run_logagg("ingest", "--db", db, "--follow", "-", input=b"").returncode == 2
-
-
-def test_a_version_1_store_is_migrated_with_its_events(tmp_path: Path, db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.executescript(_V1)
-        conn.execute(
-            "INSERT INTO events VALUES ('t', 'e1', '2025-01-01T00:00:00.000000Z', 's', '{}',"
-            " NULL, '2025-01-01T00:00:00.000000Z')"
-        )
-        conn.execute(
-            "INSERT INTO topics VALUES ('t', 1, '2025-01-01T00:00:00.000000Z',"
-            " '2025-01-01T00:00:00.000000Z')"
-        )
-        conn.execute("UPDATE counters SET received = 1, accepted = 1")
-        conn.execute("PRAGMA user_version = 1")
-    conn.close()
-    with SQLiteStore.open(str(db)) as store:
-        assert store.checkpoints() == {}
-        assert store.check().ok
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    conn.close()
-    assert os.path.exists(db)
-    assert stored_ids(db) == ["e1"]
+    proc = run_logagg("ingest", "--db", db, "--follow", "-", input=b"")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        b"logagg: error: --follow reads files: name them (stdin is followed anyway)\n"
+    )
+    assert not db.exists()
 
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_rereads_nor_skips(tmp_path: Path, db: Path) -> None:
     """Checkpoints commit with their rows: after any kill, a restart neither repeats a line
-    (no duplicates) nor misses one."""
-    seed = int(os.environ.get("LOGAGG_TEST_SEED", "20251124"))
+    (no duplicates) nor misses one. Each follower is killed once the store holds a random
+    number of rows beyond what the last one left."""
+    seed = seed_from_env(20251124)
     rng = random.Random(seed)
     log = tmp_path / "app.log"
     total = 40_000
@@ -204,17 +163,23 @@ def test_kill_9_at_random_moments_never_rereads_nor_skips(tmp_path: Path, db: Pa
         "ingest", "--db", db, "--follow", "--batch-size", "500", "--flush-interval", "0.05", log
     )
     kills = 0
-    for _ in range(4):
+    while kills < 4 and event_count(db) < total - 1:
+        target = rng.randrange(event_count(db) + 1, total)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.2))
-        proc.kill()
-        proc.wait(timeout=30)
+        try:
+            wait_until(
+                lambda t=target: event_count(db) >= t,
+                WAIT,
+                f"{target} rows before a kill (seed {seed})",
+            )
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
         kills += 1
-        if len(stored_ids(db)) == total:
-            break
+    assert kills >= 2, f"seed {seed}: the followers were killed only {kills} time(s)"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(stored_ids(db)) == total, f"all {total} lines (seed {seed})")
+        wait_until(lambda: event_count(db) == total, WAIT, f"all {total} lines (seed {seed})")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
