@@ -14,6 +14,7 @@ from typing import IO
 import pytest
 import zstandard
 from conftest import SAMPLES, check_store, event, invoke, logagg_cmd, run_logagg, write_jsonl
+from helpers import listed_events, one_line_error
 
 FORMATS = SAMPLES / "formats"
 PRESETS = ["cloudevents", "docker", "pino", "bunyan", "structlog", "journald", "gelf"]
@@ -24,9 +25,8 @@ def report(result: object) -> dict[str, int]:
 
 
 def stored(db: Path) -> list[dict[str, object]]:
-    proc = run_logagg("events", "--db", db, "--all", "--order", "asc", "--format", "jsonl")
-    assert proc.returncode == 0, proc.stderr.decode()
-    return [json.loads(line) for line in proc.stdout.splitlines()]
+    """Every stored event, oldest first, as `logagg events` in another process lists it."""
+    return listed_events(db)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -50,10 +50,19 @@ def test_docker_lines_take_the_file_name_as_source(runner: object, db: Path) -> 
 
 
 def test_cloudevents_are_recognised_without_a_preset(runner: object, db: Path) -> None:
-    result = invoke(runner, "ingest", "--db", db, "--json", FORMATS / "cloudevents.jsonl")
-    assert report(result)["accepted"] >= 5
-    assert "missing CloudEvents attribute 'id'" in result.stderr
+    sample = FORMATS / "cloudevents.jsonl"
+    result = invoke(runner, "ingest", "--db", db, "--json", sample)
+    counts = report(result)
+    # 8 lines, one a batch of two: 9 events; two re-sends of (type, id); one without an id
+    assert (counts["received"], counts["accepted"], counts["duplicates"], counts["invalid"]) == (
+        9,
+        6,
+        2,
+        1,
+    )
+    assert f"{sample}:8: missing CloudEvents attribute 'id'" in result.stderr
     events = stored(db)
+    assert len(events) == 6
     assert all("cloudevents" in e for e in events)
     assert all(e["cloudevents"]["specversion"].startswith("1.") for e in events)
 
@@ -97,13 +106,21 @@ def test_content_ids_ignore_key_order_and_spacing(runner: object, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["--preset", "nope"], ["--map", "colour=x"], ["--time-unit", "h"], ["--key", "a,b"]],
+    ("args", "message"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope' (choose from bunyan, cloudevents, "),
+        (["--map", "colour=x"], "unknown --map target 'colour' (targets: "),
+        (["--time-unit", "h"], "invalid time unit 'h' (use s, ms or us)"),
+        (["--key", "a,b"], "invalid --key 'a,b' (use topic,event_id or source,id)"),
+    ],
+    ids=["preset", "map", "time-unit", "key"],
 )
-def test_bad_mapping_options_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+def test_bad_mapping_options_are_usage_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     proc = run_logagg("ingest", "--db", tmp_path / "x.db", *args, SAMPLES / "events.jsonl")
     assert proc.returncode == 2
-    assert len(proc.stderr.decode().strip().splitlines()) == 1
+    assert one_line_error(proc.stderr).startswith(f"logagg: error: {message}")
     assert not (tmp_path / "x.db").exists()
 
 
@@ -149,6 +166,9 @@ def test_emit_duplicates_writes_the_dropped_copies(db: Path) -> None:
 def test_emit_with_json_report_is_a_usage_error(db: Path) -> None:
     proc = run_logagg("ingest", "--db", db, "--emit", "new", "--json", "-", input=b"")
     assert proc.returncode == 2
+    assert proc.stderr == b"logagg: error: --emit writes events to stdout: use it without --json\n"
+    assert proc.stdout == b""
+    assert not db.exists()
 
 
 def read_lines(stream: IO[bytes], count: int, within: float) -> list[bytes]:
