@@ -2,59 +2,32 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
 import signal
-import struct
 import subprocess
-import termios
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg, stats
+from helpers import (
+    event_count,
+    jsonl_bytes,
+    listed_ids,
+    report_counts,
+    wait_for_events,
+    wait_until_read,
+)
 
 WAIT = 15.0  # the most a process may take to finish once it has been told to
 
 
-def encode(*docs: dict[str, Any] | str) -> bytes:
-    return "".join((d if isinstance(d, str) else json.dumps(d)) + "\n" for d in docs).encode()
-
-
-def stored_ids(db: Path) -> list[str] | None:
-    """Event ids listed by `logagg events` in another process; None if there is no store yet."""
-    proc = run_logagg("events", "--db", db, "--all", "--order", "asc", "--format", "jsonl")
-    if proc.returncode != 0:
-        return None
-    return [json.loads(line)["event_id"] for line in proc.stdout.decode().splitlines()]
-
-
-def wait_for_ids(db: Path, count: int, seconds: float = 5.0) -> list[str] | None:
-    """Poll `logagg events` until it lists `count` events or `seconds` have passed."""
-    deadline = time.monotonic() + seconds
-    found = stored_ids(db)
-    while (found is None or len(found) < count) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        found = stored_ids(db)
-    return found
-
-
-def unread(fd: int) -> int:
-    """Bytes written to a pipe and not yet read by the process at the other end."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-def wait_until_read(proc: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
-    """Wait until the process has read everything written to its stdin."""
-    assert proc.stdin is not None
-    deadline = time.monotonic() + seconds
-    while unread(proc.stdin.fileno()) and time.monotonic() < deadline:
-        assert proc.poll() is None, "ingest ended early"
-        time.sleep(0.01)
-    assert unread(proc.stdin.fileno()) == 0, "ingest did not read its input"
+def visible_ids(db: Path, count: int) -> list[str]:
+    """Once the store holds `count` events: the ids another `logagg events` process lists."""
+    wait_for_events(db, count)
+    return listed_ids(db)
 
 
 @pytest.fixture
@@ -89,21 +62,19 @@ def test_live_pipe_events_are_visible_before_the_writer_closes(
     db: Path, live: list[subprocess.Popen[bytes]]
 ) -> None:
     proc = start_ingest(live, "--db", db, "-")
-    send(proc, encode(event(1), event(2), "", event(3)))
-    assert wait_for_ids(db, 3) == ["e1", "e2", "e3"]
+    send(proc, jsonl_bytes(event(1), event(2), "", event(3)))
+    assert visible_ids(db, 3) == ["e1", "e2", "e3"]
     assert proc.poll() is None, "ingest ended although its input is still open"
 
-    send(proc, encode(event(4), event(2), "not json"))
-    assert wait_for_ids(db, 4) == ["e1", "e2", "e3", "e4"]
+    send(proc, jsonl_bytes(event(4), event(2), "not json"))
+    assert visible_ids(db, 4) == ["e1", "e2", "e3", "e4"]
     assert proc.poll() is None
     check_store(db)
 
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0, err.decode()
     assert out == b""
-    report = err.decode()
-    for part in ("received 6", "accepted 4", "duplicates 1", "invalid 1"):
-        assert part in report
+    assert report_counts(err) == (6, 4, 1, 1)
     assert check_store(db)["unique_processed"] == 4
 
 
@@ -117,26 +88,27 @@ def test_a_signal_commits_what_was_read_prints_the_report_and_exits(
 ) -> None:
     """A long flush interval: nothing is committed before the signal, all of it after."""
     proc = start_ingest(live, "--db", db, "--flush-interval", "60", "-")
-    send(proc, encode(*(event(n) for n in range(20)), event(3), "bad"))
+    send(proc, jsonl_bytes(*(event(n) for n in range(20)), event(3), "bad"))
     wait_until_read(proc)
+    assert event_count(db) == 0, "committed before the flush interval or the signal"
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == code, err.decode()
     assert out == b""
     report = err.decode()
     assert "Traceback" not in report
-    for part in ("received 22", "accepted 20", "duplicates 1", "invalid 1"):
-        assert part in report
+    assert report_counts(report) == (22, 20, 1, 1)
+    assert "<stdin>:22: invalid JSON" in report
     doc = check_store(db)
     assert (doc["received"], doc["unique_processed"], doc["invalid"]) == (22, 20, 1)
-    assert stored_ids(db) == [f"e{n}" for n in range(20)]
+    assert listed_ids(db) == [f"e{n}" for n in range(20)]
 
 
 def test_sigterm_with_json_prints_the_report_on_stdout(
     db: Path, live: list[subprocess.Popen[bytes]]
 ) -> None:
     proc = start_ingest(live, "--db", db, "--json", "--flush-interval", "60", "-")
-    send(proc, encode(event(1), event(2)))
+    send(proc, jsonl_bytes(event(1), event(2)))
     wait_until_read(proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=WAIT)
@@ -150,15 +122,15 @@ def test_a_signal_after_earlier_commits_keeps_everything(
     db: Path, live: list[subprocess.Popen[bytes]]
 ) -> None:
     proc = start_ingest(live, "--db", db, "-")
-    send(proc, encode(event(1), event(2)))
-    assert wait_for_ids(db, 2) == ["e1", "e2"]
-    send(proc, encode(event(3)))
+    send(proc, jsonl_bytes(event(1), event(2)))
+    assert visible_ids(db, 2) == ["e1", "e2"]
+    send(proc, jsonl_bytes(event(3)))
     wait_until_read(proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 130, err.decode()
-    assert "received 3" in err.decode()
-    assert stored_ids(db) == ["e1", "e2", "e3"]
+    assert report_counts(err) == (3, 3, 0, 0)
+    assert listed_ids(db) == ["e1", "e2", "e3"]
     check_store(db)
 
 
@@ -224,18 +196,18 @@ def test_rerunning_after_kill_9_stores_every_event_exactly_once(
     """A crash loses at most the uncommitted tail; sending everything again completes it."""
     docs = [event(n, topic=f"t{n % 3}") for n in range(200)]
     proc = start_ingest(live, "--db", db, "--flush-interval", "0.05", "-")
-    send(proc, encode(*docs[:120]))
-    committed = wait_for_ids(db, 120)
-    assert committed is not None and len(committed) == 120
-    send(proc, encode(*docs[120:150]))
+    send(proc, jsonl_bytes(*docs[:120]))
+    assert visible_ids(db, 120) == [f"e{n}" for n in range(120)]
+    send(proc, jsonl_bytes(*docs[120:150]))
     proc.kill()
     proc.communicate(timeout=WAIT)
     check_store(db)
 
     everything = tmp_path / "all.jsonl"
-    everything.write_bytes(encode(*docs))
+    everything.write_bytes(jsonl_bytes(*docs))
     report = ingest_json(db, everything)
     assert report["accepted"] + report["duplicates"] == 200
+    assert 120 <= report["duplicates"] <= 150, "the committed events are duplicates now"
     doc = check_store(db)
     assert doc["unique_processed"] == 200
     assert stats(db)["topics"] == {"t0": 67, "t1": 67, "t2": 66}
