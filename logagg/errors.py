@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line
     DATA = 3  # --strict and some lines were rejected
     INTERRUPTED = 130  # SIGINT
+    OUTPUT_CLOSED = 141  # ingest --emit: stdout closed before every event was written
     TERMINATED = 143  # SIGTERM
 
 
@@ -36,7 +37,22 @@ class SourceError(LogaggError):
 
 
 class OutputClosed(LogaggError):
-    """Standard output was closed by the program reading it."""
+    """Standard output was closed by the program reading it: it took what it wanted.
+
+    Ends a command quietly with status 0 (`logagg events | head -1` under pipefail)."""
+
+    exit_code = ExitCode.OK
+
+
+class OutputError(LogaggError):
+    """Standard output cannot be written: a full disk, an I/O error."""
+
+
+class EmitClosed(LogaggError):
+    """`ingest --emit`: stdout was closed before every committed event was written to it
+    (the report is already printed). Status 141, as for a process that SIGPIPE ended."""
+
+    exit_code = ExitCode.OUTPUT_CLOSED
 
 
 class UsageError(LogaggError):

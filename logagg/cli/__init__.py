@@ -6,6 +6,7 @@ that `logagg --help` starts quickly.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typer.core import TyperGroup
 
 from logagg import __version__
 from logagg.cli import gen, ingest, publish, read, serve
+from logagg.cli.output import guard_streams, printable
 from logagg.errors import ExitCode, LogaggError, exit_code_for
 
 
@@ -40,9 +42,21 @@ class _App(TyperGroup):
             code = code if isinstance(code, int) else ExitCode.OK
         except BaseException as exc:
             code = _outcome(exc)
+        code = _flush_stdout(code)
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def _flush_stdout(code: int) -> int:
+    """Write out what stdout still holds, inside the boundary: a full disk is reported
+    here, not by the interpreter on its way out. The command's own failure comes first."""
+    try:
+        sys.stdout.flush()
+    except (LogaggError, OSError) as exc:
+        late = _outcome(exc)
+        return code or late
+    return code
 
 
 def _outcome(exc: BaseException) -> int:
@@ -60,11 +74,18 @@ def _outcome(exc: BaseException) -> int:
         if str(exc):
             _fail(str(exc))
         return exit_code_for(exc)
+    if isinstance(exc, OSError):  # I/O that no command turned into a message of its own
+        name = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{name}{exc.strerror or exc}")
+        return ExitCode.ERROR
     raise exc
 
 
 def _fail(message: str) -> None:
-    sys.stderr.write(f"logagg: error: {message}\n")
+    """One line on stderr; data in it (file names, values) is shown as text."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"logagg: error: {printable(message)}\n")
+        sys.stderr.flush()
 
 
 def _version(value: bool) -> None:
@@ -107,5 +128,6 @@ app.command()(serve.serve)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the standard streams made safe, then the command."""
+    guard_streams()
     app()
