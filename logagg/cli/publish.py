@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from logagg.cli.options import DEFAULT_DB, Db, JsonOpt
+from logagg.cli.output import printable
+from logagg.cli.paths import Reads, check_outputs
 from logagg.errors import UsageError
 
 
@@ -57,6 +59,7 @@ def publish(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_outputs(Reads(db), writes_stdout=True)
     with open_store(db) as store:
         result = store.write_batch([row])
     accepted = result.accepted == 1
@@ -65,7 +68,7 @@ def publish(
         print_json({"accepted": accepted, "topic": topic, "event_id": event_id})
     else:
         verdict = "accepted" if accepted else "duplicate (already stored)"
-        console().print(f"{verdict}: {topic} {event_id}", markup=False)
+        console().print(f"{verdict}: {printable(topic)} {printable(event_id)}", markup=False)
 
 
 def _json_value(option: str, text: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from logagg.cli.options import DEFAULT_DB, Db, Format, FormatOpt, JsonOpt, Order
+from logagg.cli.paths import Reads, check_outputs
 from logagg.errors import Unhealthy, UsageError
 
 
@@ -40,8 +41,15 @@ def events(
         )
     except BadTime as exc:
         raise UsageError(f"--{exc.name}: {exc}") from None
+    check_outputs(Reads(db), writes_stdout=True)
     with open_store(db, create=False) as store:
-        write_events(store.events(query), choose_format(fmt, Format.jsonl))
+        rows = store.events(query)
+        try:
+            write_events(rows, choose_format(fmt, Format.jsonl))
+        finally:  # closed while the store is open, also when stdout's reader has gone
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
 
 
 def stats(db: Db = DEFAULT_DB, fmt: FormatOpt = None, json_: JsonOpt = False) -> None:
@@ -49,6 +57,7 @@ def stats(db: Db = DEFAULT_DB, fmt: FormatOpt = None, json_: JsonOpt = False) ->
     from logagg.cli.render import choose_format, write_stats
     from logagg.store import open_store
 
+    check_outputs(Reads(db), writes_stdout=True)
     with open_store(db, create=False) as store:
         write_stats(store.stats(), Format.json if json_ else choose_format(fmt, Format.json))
 
@@ -58,6 +67,7 @@ def check(db: Db = DEFAULT_DB, json_: JsonOpt = False) -> None:
     from logagg.cli.render import write_check
     from logagg.store import open_store
 
+    check_outputs(Reads(db), writes_stdout=True)
     with open_store(db, create=False) as store:
         result = store.check()
     write_check(result, json_)
