@@ -156,9 +156,21 @@ def event_count(db: Path) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def accepted_count(db: Path) -> int:
+    """The store's accepted counter, which changes in the same transaction as its rows:
+    cheap to poll while a writer is busy (0 before the store exists)."""
+    rows = _read(db, "SELECT accepted FROM counters")
+    return int(rows[0][0]) if rows else 0
+
+
 def stored_ids(db: Path) -> list[str]:
     """Event ids of a SQLite store in insertion order (none before it exists)."""
     return [r[0] for r in _read(db, "SELECT event_id FROM events ORDER BY rowid")]
+
+
+def stored_keys(db: Path) -> list[tuple[str, str]]:
+    """Every (topic, event_id) of a SQLite store, in insertion order."""
+    return [(r[0], r[1]) for r in _read(db, "SELECT topic, event_id FROM events ORDER BY rowid")]
 
 
 def wait_for_events(db: Path, count: int, timeout: float = WAIT) -> int:
