@@ -1,151 +1,65 @@
-"""`logagg serve` against a real uvicorn server on 127.0.0.1 and a free port, with httpx.
+"""`logagg serve` over real HTTP (httpx) on 127.0.0.1, on a store of the test's own.
 
-Most tests run `python -m logagg serve` as a process (so `kill -9` and restarts are real);
-the backpressure and error tests run the same app in a uvicorn server thread, to set a
-short queue bound and reach the service's writer.
+Most tests serve the app in a uvicorn server thread of the test process (AppServer in
+tests/serving.py): the app `logagg serve` runs, on a port of its own, with the service
+behind it in reach. Real `logagg serve` processes (ServeProcess) are kept where the
+behaviour depends on one: kill -9 right after a 200, SIGTERM and its exit status,
+settings from the environment and the log, binding the port, start-up errors.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import threading
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-from conftest import check_store, event, logagg_cmd, run_logagg, write_jsonl  # noqa: E402
+from conftest import check_store, event, run_logagg, write_jsonl  # noqa: E402
+from helpers import free_port, one_line_error, wait_until  # noqa: E402
+from serving import HTTP_TIMEOUT, WAIT, AppServer, ServeProcess  # noqa: E402
 
 from logagg.errors import StoreError  # noqa: E402
-from logagg.http import create_app  # noqa: E402
-from logagg.pipeline import IngestOptions  # noqa: E402
+from logagg.pipeline import IngestOptions, Writer  # noqa: E402
 from logagg.units import human_duration  # noqa: E402
-
-WAIT = 15.0  # the most a server may take to start or to stop
-HTTP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A `logagg serve` process on one store; `restart` keeps the store and the port."""
-
-    def __init__(
-        self, db: Path, log: Path, log_level: str = "warning", by_env: bool = False
-    ) -> None:
-        self.db = db
-        self.log = log
-        self.log_level = log_level
-        self.by_env = by_env  # settings from LOGAGG_DB, PORT and LOG_LEVEL instead of options
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.http: httpx.Client | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Server:
-        for _ in range(3):  # another process may take a free port before the server does
-            settings = {
-                "LOGAGG_DB": str(self.db),
-                "PORT": str(self.port),
-                "LOG_LEVEL": self.log_level,
-            }
-            args = ["--db", self.db, "--port", str(self.port), "--log-level", self.log_level]
-            with open(self.log, "ab") as out:
-                self.proc = subprocess.Popen(
-                    logagg_cmd("serve", *([] if self.by_env else args)),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **settings} if self.by_env else None,
-                )
-            if self._ready():
-                self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT)
-                return self
-            self.port = free_port()
-        raise AssertionError(f"the server did not start:\n{self.log.read_text()}")
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.02)
-        self.kill()
-        raise AssertionError(f"no /health within {WAIT} s:\n{self.log.read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, nothing more committed."""
-        self._close_http()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(WAIT)
-
-    def stop(self) -> int:
-        """SIGTERM: commit what is queued and exit; returns the exit status."""
-        assert self.proc is not None
-        self._close_http()
-        self.proc.terminate()
-        return self.proc.wait(WAIT)
-
-    def restart(self) -> Server:
-        return self.start()
-
-    def _close_http(self) -> None:
-        if self.http is not None:
-            self.http.close()
-            self.http = None
-
-    def post(self, body: Any) -> httpx.Response:
-        """POST /publish with `body` as JSON, or as raw bytes when it is bytes."""
-        assert self.http is not None
-        if isinstance(body, bytes):
-            return self.http.post("/publish", content=body)
-        return self.http.post("/publish", json=body)
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        assert self.http is not None
-        return self.http.get(path, params=params)
-
-    def stats(self) -> dict[str, Any]:
-        response = self.get("/stats")
-        assert response.status_code == 200, response.text
-        return response.json()
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start `logagg serve` on a store (default: the test's); every server is killed at the end."""
-    servers: list[Server] = []
+def serve(db: Path) -> Iterator[Callable[..., AppServer]]:
+    """Serve the app on a store (default: the test's) in a server thread; every server is
+    stopped at the end. Options go to create_app."""
+    servers: list[AppServer] = []
 
-    def start(db: Path | None = None, **options: Any) -> Server:
+    def start(store: Path | None = None, **options: Any) -> AppServer:
+        server = AppServer(store or db, **options)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def serve_process(db: Path, tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start `logagg serve` processes on a store (default: the test's); every one is
+    killed at the end."""
+    servers: list[ServeProcess] = []
+
+    def start(store: Path | None = None, **options: Any) -> ServeProcess:
         log = tmp_path / f"serve-{len(servers)}.log"
-        server = Server(db or tmp_path / "store.db", log, **options)
+        server = ServeProcess(store or db, log, **options)
         servers.append(server)
         return server.start()
 
@@ -170,7 +84,7 @@ def assert_consistent(doc: dict[str, Any]) -> None:
 
 
 def test_one_event_is_stored_with_its_payload_and_extra_fields(
-    serve: Callable[..., Server],
+    serve: Callable[..., AppServer],
 ) -> None:
     server = serve()
     body = event(1, topic="user.login", region="eu")
@@ -191,7 +105,7 @@ def test_one_event_is_stored_with_its_payload_and_extra_fields(
     assert '"big":1180591620717411303424' in found.text  # beyond 64 bits, kept exactly
 
 
-def test_a_batch_as_an_object_or_an_array(serve: Callable[..., Server]) -> None:
+def test_a_batch_as_an_object_or_an_array(serve: Callable[..., AppServer]) -> None:
     server = serve()
     response = server.post({"events": [event(n) for n in range(50)]})
     assert response.status_code == 200, response.text
@@ -208,7 +122,7 @@ def test_a_batch_as_an_object_or_an_array(serve: Callable[..., Server]) -> None:
 
 
 def test_duplicates_inside_one_batch_are_counted_exactly_and_the_first_copy_wins(
-    serve: Callable[..., Server],
+    serve: Callable[..., AppServer],
 ) -> None:
     server = serve()
     first = {**event(1), "payload": {"copy": "first"}}
@@ -224,7 +138,7 @@ def test_duplicates_inside_one_batch_are_counted_exactly_and_the_first_copy_wins
     assert totals(server.stats()) == (6, 3, 3, 0)
 
 
-def test_a_duplicate_across_requests(serve: Callable[..., Server]) -> None:
+def test_a_duplicate_across_requests(serve: Callable[..., AppServer]) -> None:
     server = serve()
     assert counts(server.post(event(7)).json()) == (1, 1, 0, 0)
     again = server.post({**event(7), "payload": {"changed": True}})
@@ -240,7 +154,7 @@ def test_a_duplicate_across_requests(serve: Callable[..., Server]) -> None:
 
 
 def test_concurrent_clients_with_overlaps_get_exact_totals(
-    serve: Callable[..., Server], db: Path
+    serve: Callable[..., AppServer], db: Path
 ) -> None:
     server = serve()
     clients, per_client, size = 20, 500, 100
@@ -278,7 +192,7 @@ def test_concurrent_clients_with_overlaps_get_exact_totals(
     assert check_store(db)["rows"] == unique
 
 
-def test_invalid_bodies(serve: Callable[..., Server], db: Path) -> None:
+def test_invalid_bodies(serve: Callable[..., AppServer], db: Path) -> None:
     """Unreadable bodies count nothing; invalid events are counted; batches partly accepted."""
     server = serve()
     for body in (b"not json", b"", b'"text"', b"42", b'{"events": {"a": 1}}', b'{"x": NaN}'):
@@ -321,8 +235,11 @@ def test_invalid_bodies(serve: Callable[..., Server], db: Path) -> None:
 # --- durability, restarts, other writers --------------------------------------------------
 
 
-def test_kill_9_right_after_a_200_keeps_the_events(serve: Callable[..., Server], db: Path) -> None:
-    server = serve()
+def test_kill_9_right_after_a_200_keeps_the_events(
+    serve_process: Callable[..., ServeProcess], db: Path
+) -> None:
+    """A real process: SIGKILL an instant after the answer, then serve the store again."""
+    server = serve_process()
     batch = [event(n) for n in range(300)]
     response = server.post({"events": batch})
     assert response.status_code == 200
@@ -339,14 +256,13 @@ def test_kill_9_right_after_a_200_keeps_the_events(serve: Callable[..., Server],
     check_store(db)
 
 
-def test_counters_persist_across_restarts(serve: Callable[..., Server], db: Path) -> None:
+def test_counters_persist_across_restarts(serve: Callable[..., AppServer], db: Path) -> None:
     server = serve()
     server.post({"events": [event(1), event(2), event(1), {"topic": "t"}]})
     first = server.stats()
     assert totals(first) == (4, 2, 1, 1)
-    assert server.stop() in (-signal.SIGTERM, 143)
 
-    server.restart()
+    server.restart()  # the app shuts down (the store is closed) and starts on it again
     assert totals(server.stats()) == (4, 2, 1, 1)
     server.post({"events": [event(2), event(3), "junk"]})
     doc = server.stats()
@@ -357,7 +273,7 @@ def test_counters_persist_across_restarts(serve: Callable[..., Server], db: Path
 
 
 def test_ingest_from_another_process_while_the_server_runs(
-    serve: Callable[..., Server], db: Path, tmp_path: Path
+    serve: Callable[..., AppServer], db: Path, tmp_path: Path
 ) -> None:
     server = serve()
     assert counts(server.post({"events": [event(n) for n in range(100)]}).json()) == (
@@ -386,7 +302,7 @@ def test_ingest_from_another_process_while_the_server_runs(
 # --- reading ------------------------------------------------------------------------------
 
 
-def test_events_filters_and_limits(serve: Callable[..., Server]) -> None:
+def test_events_filters_and_limits(serve: Callable[..., AppServer]) -> None:
     server = serve()
     batch = [
         event(n, topic="a" if n % 2 else "b", source="s1" if n < 10 else "s2") for n in range(20)
@@ -419,14 +335,18 @@ def test_events_filters_and_limits(serve: Callable[..., Server]) -> None:
     assert server.get("/events", until="2025-02-30").status_code == 422
 
 
-def test_stats_health_and_docs(serve: Callable[..., Server]) -> None:
+def test_stats_health_and_docs(serve: Callable[..., AppServer]) -> None:
+    before = time.monotonic()
     server = serve()
     server.post({"events": [event(1), event(2, topic="x"), event(1)]})
     doc = server.stats()
+    up = time.monotonic() - before
     assert totals(doc) == (3, 2, 1, 0)
     assert doc["topics"] == {"t": 1, "x": 1}
-    assert doc["uptime_seconds"] >= 0
-    assert doc["uptime_human"].endswith("s")
+    assert 0 <= doc["uptime_seconds"] <= up + 0.001
+    assert doc["uptime_human"] in {human_duration(s) for s in (doc["uptime_seconds"], up)}
+    assert doc["first_timestamp"] == "2025-01-01T00:00:01.000000Z"
+    assert doc["last_timestamp"] == "2025-01-01T00:00:02.000000Z"
 
     health = server.get("/health")
     assert health.status_code == 200
@@ -441,9 +361,10 @@ def test_stats_health_and_docs(serve: Callable[..., Server]) -> None:
 
 
 def test_settings_from_the_environment_and_logs_without_payloads(
-    serve: Callable[..., Server], db: Path
+    serve_process: Callable[..., ServeProcess], db: Path
 ) -> None:
-    server = serve(log_level="debug", by_env=True)
+    """A real process: LOGAGG_DB, PORT and LOG_LEVEL; SIGTERM commits and exits 143."""
+    server = serve_process(log_level="debug", by_env=True)
     secret = {**event(1), "payload": {"token": "s3cr3t-t0ken"}}
     assert counts(server.post(secret).json()) == (1, 1, 0, 0)
     bad = server.post([{"topic": "t", "event_id": "x", "source": "s3cr3t-source"}])
@@ -456,19 +377,29 @@ def test_settings_from_the_environment_and_logs_without_payloads(
     assert "s3cr3t" not in log
 
 
-def test_serve_command_errors(serve: Callable[..., Server], tmp_path: Path) -> None:
-    server = serve()
-    taken = run_logagg("serve", "--db", tmp_path / "other.db", "--port", str(server.port))
+def test_serve_command_errors(db: Path, tmp_path: Path) -> None:
+    """Real processes: a port another socket listens on, a bad log level, a foreign file."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        taken = run_logagg("serve", "--db", tmp_path / "other.db", "--port", str(port))
     assert taken.returncode == 1
-    assert taken.stderr.decode().startswith("logagg: error: cannot listen on 127.0.0.1:")
-    level = run_logagg("serve", "--db", server.db, "--port", "1", "--log-level", "loud")
+    assert one_line_error(taken.stderr).startswith(
+        f"logagg: error: cannot listen on 127.0.0.1:{port}: "
+    )
+    level = run_logagg("serve", "--db", db, "--port", "1", "--log-level", "loud")
     assert level.returncode == 2
-    assert "--log-level 'loud'" in level.stderr.decode()
+    assert one_line_error(level.stderr) == (
+        "logagg: error: --log-level 'loud': expected one of critical, error, warning, info, debug\n"
+    )
+    assert not db.exists()
     foreign = tmp_path / "foreign.db"
     foreign.write_text("not a database")
     proc = run_logagg("serve", "--db", foreign, "--port", str(free_port()))
     assert proc.returncode == 1
     assert proc.stderr.decode() == f"logagg: error: {foreign}: not a SQLite database\n"
+    assert foreign.read_text() == "not a database"
 
 
 def test_human_duration() -> None:
@@ -478,7 +409,7 @@ def test_human_duration() -> None:
     assert human_duration(90_000) == "1d 1h 0m 0s"
 
 
-def test_the_original_readme_walkthrough(serve: Callable[..., Server]) -> None:
+def test_the_original_readme_walkthrough(serve: Callable[..., AppServer]) -> None:
     server = serve()
     body = {
         "topic": "user.login",
@@ -504,7 +435,6 @@ def test_the_original_readme_walkthrough(serve: Callable[..., Server]) -> None:
     assert page["events"][0]["payload"] == {"user": "alice", "ip": "10.0.0.7"}
     assert page["events"][0]["event_id"] == "evt-001"
 
-    server.stop()
     server.restart()
     third = server.post(body)
     assert third.status_code == 200
@@ -512,133 +442,101 @@ def test_the_original_readme_walkthrough(serve: Callable[..., Server]) -> None:
     assert totals(server.stats()) == (3, 1, 2, 0)
 
 
-# --- backpressure and errors: the app in a server thread ----------------------------------
+# --- backpressure and errors -------------------------------------------------------------
 
 
-@contextmanager
-def app_server(db: Path, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-    """create_app(db, **kwargs) served by uvicorn in a thread; yields its URL and the app."""
-    app = create_app(str(db), **kwargs)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_level="warning", log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the server thread did not start"
-    try:
-        yield f"http://127.0.0.1:{config.port}", app
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
-        assert not thread.is_alive()
+def in_commit(writer: Writer) -> bool:
+    """True while the writer's thread is inside a commit (the test holds the lock it needs)."""
+    frame = sys._current_frames().get(writer._consumer.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "_commit":
+            return True
+        frame = frame.f_back
+    return False
 
 
-def test_a_full_queue_waits_then_answers_503_and_drops_nothing(db: Path) -> None:
-    options = IngestOptions(queue_size=1, flush_interval=0.01)
-    with (
-        app_server(db, options=options, queue_timeout=0.5) as (url, _app),
-        httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as http,
-        ThreadPoolExecutor(max_workers=8) as pool,
-    ):
-        lock = sqlite3.connect(db, isolation_level=None)
-        lock.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this lock
+def test_a_full_queue_waits_then_answers_503_and_drops_nothing(
+    serve: Callable[..., AppServer], db: Path
+) -> None:
+    """The writer blocked in a commit and a queue of one batch, full: a further request waits
+    for room, then gets 503 and leaves no trace; the waiting ones are answered after the
+    commit."""
+    server = serve(options=IngestOptions(queue_size=1, flush_interval=0.01), queue_timeout=0.5)
+    writer = server.service.writer
+
+    def post(first: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as own:
+            return own.post("/publish", json=[event(n) for n in range(first, first + 10)])
+
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this lock
+    with ThreadPoolExecutor(max_workers=2) as pool:
         try:
+            first = pool.submit(post, 0)
+            wait_until(lambda: in_commit(writer), WAIT, "the writer to wait for the lock")
+            second = pool.submit(post, 10)
+            wait_until(lambda: writer.queue_size == 1, WAIT, "the second batch in the queue")
 
-            def post(first: int) -> httpx.Response:
-                with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as own:
-                    return own.post("/publish", json=[event(n) for n in range(first, first + 10)])
-
-            def queue_size() -> int:
-                return http.get("/health").json()["queue_size"]
-
-            def queue_stays_full() -> bool:
-                """One batch waits in the queue: the writer is blocked in its commit."""
-                deadline = time.monotonic() + 0.5
-                while time.monotonic() < deadline:
-                    if queue_size() == 1:
-                        time.sleep(0.2)
-                        if queue_size() == 1:
-                            return True
-                    time.sleep(0.02)
-                return False
-
-            waiting = []
-            for k in range(6):
-                waiting.append(pool.submit(post, 10 * k))
-                if queue_stays_full():
-                    break
-            assert queue_size() == 1, "the queue never filled"
-
-            refused = http.post("/publish", json=[event(n) for n in range(1000, 1010)])
+            refused = server.post([event(n) for n in range(1000, 1010)])
             assert refused.status_code == 503
             assert refused.headers["Retry-After"] == "1"
             assert "retry" in refused.json()["detail"]
-            assert all(not f.done() for f in waiting)  # acknowledged only after the commit
-            # reads never wait for the writer
-            assert http.get("/stats").status_code == 200
+            assert not first.done() and not second.done()  # answered only after the commit
+            assert server.get("/health").json()["queue_size"] == 1
+            assert server.get("/stats").status_code == 200  # reads never wait for the writer
         finally:
             lock.execute("ROLLBACK")
             lock.close()
+        answers = [first.result(timeout=WAIT), second.result(timeout=WAIT)]
 
-        answers = [f.result(timeout=WAIT) for f in waiting]
-        assert all(a.status_code == 200 for a in answers)
-        sent = 10 * len(waiting)
-        assert sum(a.json()["accepted"] for a in answers) == sent
-        stats = http.get("/stats").json()
-        assert totals(stats) == (sent, sent, 0, 0)  # the refused request left no trace
-
-        retried = http.post("/publish", json=[event(n) for n in range(1000, 1010)])
-        assert counts(retried.json()) == (10, 10, 0, 0)
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [counts(a.json()) for a in answers] == [(10, 10, 0, 0)] * 2
+    assert totals(server.stats()) == (20, 20, 0, 0)  # the refused request left no trace
+    retried = server.post([event(n) for n in range(1000, 1010)])
+    assert counts(retried.json()) == (10, 10, 0, 0)
+    server.stop()
     check_store(db)
 
 
-def test_body_size_limit(db: Path) -> None:
-    with (
-        app_server(db, max_body_bytes=4096) as (url, _app),
-        httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as http,
-    ):
-        big = json.dumps([event(n) for n in range(60)]).encode()
-        assert len(big) > 4096
-        response = http.post("/publish", content=big)
-        assert response.status_code == 413
-        chunked = http.post("/publish", content=iter([big[:3000], big[3000:]]))
-        assert chunked.status_code == 413
-        assert counts(http.post("/publish", json=event(1)).json()) == (1, 1, 0, 0)
-        assert totals(http.get("/stats").json()) == (1, 1, 0, 0)
+def test_body_size_limit(serve: Callable[..., AppServer]) -> None:
+    server = serve(max_body_bytes=4096)
+    big = json.dumps([event(n) for n in range(60)]).encode()
+    assert len(big) > 4096
+    response = server.post(big)
+    assert response.status_code == 413
+    assert response.json() == {"detail": "the body is over the limit of 4096 bytes"}
+    assert server.http is not None
+    chunked = server.http.post("/publish", content=iter([big[:3000], big[3000:]]))
+    assert chunked.status_code == 413
+    assert counts(server.post(event(1)).json()) == (1, 1, 0, 0)
+    assert totals(server.stats()) == (1, 1, 0, 0)
 
 
-def test_errors_and_a_stopped_writer_answer_json(db: Path) -> None:
-    with (
-        app_server(db) as (url, app),
-        httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as http,
-    ):
-        service = app.state.service
+def test_errors_and_a_stopped_writer_answer_json(serve: Callable[..., AppServer], db: Path) -> None:
+    server = serve()
+    service = server.service
 
-        def broken(*_args: Any) -> Any:
-            raise StoreError(f"{db}: disk I/O error")
+    def broken(*_args: Any) -> Any:
+        raise StoreError(f"{db}: disk I/O error")
 
-        service.events = broken
-        response = http.get("/events")
-        assert response.status_code == 503
-        assert response.json() == {"detail": f"store unavailable: {db}: disk I/O error"}
+    service.events = broken
+    response = server.get("/events")
+    assert response.status_code == 503
+    assert response.json() == {"detail": f"store unavailable: {db}: disk I/O error"}
 
-        def failing() -> Any:
-            raise RuntimeError("unexpected")
+    def failing() -> Any:
+        raise RuntimeError("unexpected")
 
-        service.stats = failing
-        response = http.get("/stats")
-        assert response.status_code == 500
-        assert response.json() == {"detail": "internal server error"}
+    service.stats = failing
+    response = server.get("/stats")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}
 
-        service.writer.close()  # as if the writer had stopped
-        response = http.post("/publish", json=event(1))
-        assert response.status_code == 503
-        assert "writer is not running" in response.json()["detail"]
-        health = http.get("/health")
-        assert health.status_code == 503
-        assert health.json()["status"] == "degraded"
-        assert health.json()["consumer_running"] is False
+    service.writer.close()  # as if the writer had stopped
+    response = server.post(event(1))
+    assert response.status_code == 503
+    assert "writer is not running" in response.json()["detail"]
+    health = server.get("/health")
+    assert health.status_code == 503
+    assert health.json()["status"] == "degraded"
+    assert health.json()["consumer_running"] is False
