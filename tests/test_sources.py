@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 import pytest
+from helpers import WAIT, unread, wait_until
 
 from logagg.errors import SourceError
 from logagg.sources import Chunk, Source, read_chunks
@@ -158,17 +157,21 @@ def test_progress_reports_position_and_size_of_a_regular_file(tmp_path: Path) ->
 # --- pipes -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, BinaryIO]]:
-    """A real pipe: the write end as an fd, the read end as a binary file object."""
-    r, w = os.pipe()
-    reader = cast(BinaryIO, os.fdopen(r, "rb", buffering=0))
-    try:
-        yield w, reader
-    finally:
-        reader.close()
-        with contextlib.suppress(OSError):
+def write_in_pieces(w: int, pieces: list[bytes]) -> threading.Thread:
+    """Write each piece only once the reader has taken the one before, so that every piece
+    arrives in a read of its own; then close the write end."""
+
+    def write() -> None:
+        try:
+            for piece in pieces:
+                os.write(w, piece)
+                wait_until(lambda: unread(w) == 0, WAIT, "the reader to take a piece")
+        finally:
             os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return writer
 
 
 def test_pipe_lines_arrive_while_the_writer_stays_open(pipe: tuple[int, BinaryIO]) -> None:
@@ -187,18 +190,11 @@ def test_pipe_lines_arrive_while_the_writer_stays_open(pipe: tuple[int, BinaryIO
 def test_pipe_line_split_across_writes_is_joined(pipe: tuple[int, BinaryIO]) -> None:
     w, reader = pipe
     chunks = read_chunks(Source("-"), LIMIT, threading.Event(), stdin=reader)
-
-    def write_in_pieces() -> None:
-        for piece in (b'{"a":', b"1}", b'\n{"b"', b":2}\n", b'{"c":3}'):
-            os.write(w, piece)
-            time.sleep(0.01)
-        os.close(w)
-
-    writer = threading.Thread(target=write_in_pieces)
-    writer.start()
-    got = lines_of(chunks)
-    writer.join(5)
-    assert got == [(1, b'{"a":1}'), (2, b'{"b":2}'), (3, b'{"c":3}')]
+    writer = write_in_pieces(w, [b'{"a":', b"1}", b'\n{"b"', b":2}\n", b'{"c":3}'])
+    got = list(chunks)
+    writer.join(WAIT)
+    assert lines_of(iter(got)) == [(1, b'{"a":1}'), (2, b'{"b":2}'), (3, b'{"c":3}')]
+    assert len(got) >= 3, "the pieces came in one read: nothing was joined"
 
 
 def test_pipe_over_long_line_across_reads_is_skipped_and_next_read(
@@ -207,20 +203,10 @@ def test_pipe_over_long_line_across_reads_is_skipped_and_next_read(
     """A long line is never held whole: it is reported and the following line still comes."""
     w, reader = pipe
     chunks = read_chunks(Source("-"), 64, threading.Event(), stdin=reader)
-
-    def write_in_pieces() -> None:
-        os.write(w, b'{"a":1}\n' + b"x" * 40)
-        time.sleep(0.02)
-        for _ in range(5):
-            os.write(w, b"x" * 40)
-            time.sleep(0.02)
-        os.write(w, b'x\n{"b":2}\n')
-        os.close(w)
-
-    writer = threading.Thread(target=write_in_pieces)
-    writer.start()
+    pieces = [b'{"a":1}\n' + b"x" * 40, *[b"x" * 40] * 5, b'x\n{"b":2}\n']
+    writer = write_in_pieces(w, pieces)
     got = list(chunks)
-    writer.join(5)
+    writer.join(WAIT)
     assert lines_of(iter(got)) == [(1, b'{"a":1}'), (3, b'{"b":2}')]
     too_long = [item for chunk in got for item in chunk.too_long]
     assert [(n, size) for n, size, _ in too_long] == [(2, 242)]
