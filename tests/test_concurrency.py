@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import time
@@ -12,8 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import check_store, event, logagg_cmd, run_logagg, write_jsonl
-
-SEED = int(os.environ.get("LOGAGG_TEST_SEED", "20250101"))
+from helpers import SEED, stored_keys, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +19,6 @@ pytestmark = pytest.mark.slow
 def _key(raw: bytes) -> tuple[str, str]:
     doc = json.loads(raw)
     return (doc["topic"], doc["event_id"])
-
-
-def _stored_keys(db: Path) -> list[tuple[str, str]]:
-    proc = run_logagg("events", "--db", db, "--all", "--format", "jsonl")
-    assert proc.returncode == 0, proc.stderr.decode()
-    return [_key(raw) for raw in proc.stdout.splitlines()]
 
 
 def _read_during_writes(db: Path, seed: int) -> dict[str, Any]:
@@ -74,9 +66,8 @@ def test_four_writers_with_overlapping_inputs(tmp_path: Path) -> None:
     ]
     reads = 0
     try:
+        wait_until(db.exists, 60, f"a writer to create the store (seed {SEED})")
         deadline = time.monotonic() + 60
-        while not db.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
         while any(w.poll() is None for w in writers) and time.monotonic() < deadline:
             _read_during_writes(db, SEED)
             reads += 1
@@ -96,7 +87,7 @@ def test_four_writers_with_overlapping_inputs(tmp_path: Path) -> None:
     assert sum(r["accepted"] for r in reports) == len(union), reports
     assert sum(r["received"] for r in reports) == total, reports
     assert sum(r["invalid"] for r in reports) == 4, reports
-    keys = _stored_keys(db)
+    keys = stored_keys(db)
     assert len(keys) == len(set(keys))
     assert set(keys) == union
     facts = check_store(db)
