@@ -7,13 +7,13 @@ import os
 import sqlite3
 import stat
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import check_store, event, invoke, logagg_cmd, run_logagg, write_jsonl
+from helpers import wait_for_events
 from typer.testing import CliRunner
 
 TRICKY = [
@@ -169,14 +169,7 @@ def test_store_is_never_world_writable_even_with_umask_0(tmp_path: Path) -> None
     try:
         proc.stdin.write(json.dumps(event(1)).encode() + b"\n")
         proc.stdin.flush()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            listing = run_logagg("events", "--db", db, "--format", "jsonl")
-            if listing.returncode == 0 and listing.stdout.strip():
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the event never became visible")
+        wait_for_events(db, 1)
         live = _store_files(db)
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
