@@ -204,6 +204,26 @@ def test_rejects_symlink_to_a_fifo_is_allowed(tmp_path: Path) -> None:
     assert doc["raw"] == BAD and doc["line"] == 2
 
 
+def test_rejects_to_dev_stderr_appends_to_the_file_stderr_is(tmp_path: Path) -> None:
+    """/dev/stderr is logagg's own descriptor: written as it is, never truncated."""
+    db = tmp_path / "store.db"
+    data = write_jsonl(tmp_path / "in.jsonl", [event(1), BAD])
+    log = tmp_path / "errors.log"
+    log.write_bytes(b"earlier run\n")
+    with open(log, "ab") as err:
+        proc = subprocess.run(
+            logagg_cmd("ingest", "--db", db, "--rejects", "/dev/stderr", data),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=60,
+        )
+    text = log.read_bytes()
+    assert proc.returncode == 0, text.decode()
+    assert text.startswith(b"earlier run\n"), text
+    [doc] = [json.loads(line) for line in text.splitlines() if line.startswith(b"{")]
+    assert doc["raw"] == BAD
+
+
 def test_rejects_plain_file_is_replaced(tmp_path: Path) -> None:
     """The ordinary case still works: an existing rejects file is replaced, not appended."""
     db = tmp_path / "store.db"

@@ -104,7 +104,7 @@ def guard_streams() -> None:
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     old = sys.stdout
     sys.stdout = io.TextIOWrapper(
-        io.BufferedWriter(_GuardedStdout(1, stdout_closed)),
+        io.BufferedWriter(_GuardedStdout(1, stdout_closed), buffer_size=1 << 16),
         encoding=getattr(old, "encoding", None) or "utf-8",
         errors=getattr(old, "errors", None) or "strict",
         line_buffering=bool(getattr(old, "line_buffering", False)),
