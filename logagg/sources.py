@@ -1,31 +1,32 @@
-"""Where lines come from: files (plain or gzip), stdin and pipes, split into numbered lines.
+"""Where lines come from: files, FIFOs, stdin and pipes, plain or compressed, split into
+numbered lines (following files as they grow is in `logagg.follow`).
 
 A source is read in chunks; each chunk becomes one `Chunk` of complete lines, so a
-trickle from a pipe moves on at once while a big file moves in large pieces. Lines longer
-than the limit are skipped without ever being held whole in memory.
+trickle from a pipe moves on at once while a big file moves in large pieces. Compressed
+input is decompressed in bounded pieces (`logagg.compression`), and lines longer than the
+limit are skipped without ever being held whole in memory. Every wait (a pipe, a FIFO
+without a writer) happens in `select`, so a stop is seen within POLL_SECONDS.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import stat
 import sys
 import threading
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from logagg.compression import CorruptInput, Decoder
 from logagg.errors import SourceError
 from logagg.models import Checkpoint
 
 FILE_CHUNK = 1 << 20  # bytes per read from a regular file
 PIPE_CHUNK = 1 << 16  # bytes per read from a pipe: whatever is there, up to this
 POLL_SECONDS = 0.1  # how often a blocked pipe read looks at the stop flag
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-DECOMPRESS_SLICE = 16 * 1024  # compressed bytes decompressed at a time
 BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1024  # how much of an over-long line is kept to show
 
@@ -64,18 +65,18 @@ class Source:
 
 
 class _Reader:
-    """Byte chunks from one opened input; `read` returns b'' at end of input."""
+    """Plain byte chunks from one opened input (see Decoder.read)."""
 
     def __init__(
         self,
-        read: Callable[[int], bytes],
+        decoder: Decoder,
         size: int,
         chunk: int,
         poll_fd: int | None = None,
         position: Callable[[], int] | None = None,
         closer: Callable[[], None] | None = None,
     ) -> None:
-        self.read = read
+        self.decoder = decoder
         self.size = size
         self.chunk = chunk
         self.poll_fd = poll_fd
@@ -90,81 +91,6 @@ class _Reader:
             self._closer()
 
 
-class CorruptInput(Exception):
-    """Compressed input that is damaged or cut short."""
-
-
-class _Decompressing:
-    """Reads through `read`, decompressing gzip or zstd input told by its magic bytes.
-
-    Streams (stdin, pipes) and files alike; several members or frames in a row are read as
-    one, as `gzip -d` and `zstd -d` do. Damaged or truncated input raises CorruptInput.
-    """
-
-    def __init__(self, read: Callable[[int], bytes]) -> None:
-        self._read = read
-        self._new: Callable[[], Any] | None = None  # makes a decompressor for one member
-        self._codec = ""
-        self._unpack: Any = None
-        self._started = False
-        self._error: CorruptInput | None = None  # raised once what came before it is out
-
-    def __call__(self, n: int) -> bytes:
-        if self._error is not None:
-            raise self._error
-        while True:
-            data = self._read(n)
-            if not self._started:
-                self._started = True
-                self._choose(data)
-            if self._unpack is None:
-                return data
-            out = []
-            # Small slices, so that the data before a damaged spot still comes out.
-            for at in range(0, max(len(data), 1), DECOMPRESS_SLICE):
-                try:
-                    out.append(self._feed(data[at : at + DECOMPRESS_SLICE]))
-                except Exception as exc:
-                    if not isinstance(exc, (zlib.error, EOFError)) and (
-                        type(exc).__name__ != "ZstdError"  # zstandard's, imported lazily
-                    ):
-                        raise
-                    self._error = CorruptInput(f"corrupt or truncated {self._codec} data ({exc})")
-                    if any(out):
-                        return b"".join(out)
-                    raise self._error from None
-            if any(out) or not data:
-                return b"".join(out)
-
-    def _choose(self, data: bytes) -> None:
-        if data[:2] == GZIP_MAGIC:
-            self._codec, self._new = "gzip", lambda: zlib.decompressobj(wbits=31)
-        elif data[:4] == ZSTD_MAGIC:
-            try:
-                import zstandard
-            except ImportError:
-                raise CorruptInput(
-                    "zstd input needs the zstandard package: pip install 'logagg[zstd]'"
-                ) from None
-            self._codec = "zstd"
-            self._new = lambda: zstandard.ZstdDecompressor().decompressobj()
-        if self._new is not None:
-            self._unpack = self._new()
-
-    def _feed(self, data: bytes) -> bytes:
-        assert self._new is not None
-        if not data:
-            if not self._unpack.eof:
-                raise EOFError("the input ended inside a compressed member")
-            return b""
-        out = self._unpack.decompress(data)
-        while self._unpack.eof and self._unpack.unused_data:
-            rest = self._unpack.unused_data
-            self._unpack = self._new()
-            out += self._unpack.decompress(rest)
-        return bytes(out)
-
-
 def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
     if source.is_stdin:
         stream = stdin if stdin is not None else sys.stdin.buffer
@@ -172,33 +98,42 @@ def _open(source: Source, stdin: BinaryIO | None) -> _Reader:
             fd = stream.fileno()
             mode = os.fstat(fd).st_mode
         except (OSError, ValueError, AttributeError):
-            read1 = getattr(stream, "read1", stream.read)
-            return _Reader(_Decompressing(read1), 0, PIPE_CHUNK)
-        raw_read = _Decompressing(lambda n: os.read(fd, n))
+            return _Reader(Decoder(getattr(stream, "read1", stream.read)), 0, PIPE_CHUNK)
+        decoder = Decoder(lambda n: os.read(fd, n))
         if stat.S_ISREG(mode):
-            return _Reader(raw_read, 0, FILE_CHUNK)
-        return _Reader(raw_read, 0, PIPE_CHUNK, poll_fd=fd)
+            return _Reader(decoder, 0, FILE_CHUNK)
+        return _Reader(decoder, 0, PIPE_CHUNK, poll_fd=fd)
+    fd = open_nonblocking(source.path)
     try:
-        raw = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed by the reader
-    except FileNotFoundError:
-        raise SourceError(f"{source.path}: no such file") from None
-    except IsADirectoryError:
-        raise SourceError(f"{source.path}: is a directory") from None
-    except OSError as exc:
-        raise SourceError(f"{source.path}: cannot open: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(raw.fileno())
+        st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise SourceError(f"{source.path}: is a directory")
+        os.set_blocking(fd, True)  # reads of a pipe wait in select, where a stop is seen
     except BaseException:
-        raw.close()
+        os.close(fd)
         raise
-    read = _Decompressing(raw.read)
+    decoder = Decoder(lambda n: os.read(fd, n))
     if stat.S_ISREG(st.st_mode):
-        return _Reader(read, st.st_size, FILE_CHUNK, position=raw.tell, closer=raw.close)
-    fd = raw.fileno()
-    read = _Decompressing(lambda n: os.read(fd, n))
-    return _Reader(read, 0, PIPE_CHUNK, poll_fd=fd, closer=raw.close)
+        position = functools.partial(os.lseek, fd, 0, os.SEEK_CUR)
+        return _Reader(decoder, st.st_size, FILE_CHUNK, position=position, closer=_closer(fd))
+    return _Reader(decoder, 0, PIPE_CHUNK, poll_fd=fd, closer=_closer(fd))
+
+
+def open_nonblocking(path: str) -> int:
+    """A read-only descriptor of `path`, opened without waiting (a FIFO without a writer
+    would block `open` itself, where no signal can stop it); SourceError if it cannot be."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SourceError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open: {exc.strerror or exc}") from None
+
+
+def _closer(fd: int) -> Callable[[], None]:
+    return lambda: os.close(fd)
 
 
 def _byte_chunks(reader: _Reader, stop: threading.Event, name: str) -> Iterator[bytes]:
@@ -212,11 +147,13 @@ def _byte_chunks(reader: _Reader, stop: threading.Event, name: str) -> Iterator[
             if not ready:
                 continue
         try:
-            data = reader.read(reader.chunk)
+            data = reader.decoder.read(reader.chunk)
         except CorruptInput as exc:
             raise SourceError(f"{name}: {exc}") from None
         except OSError as exc:
             raise SourceError(f"{name}: read failed: {exc.strerror or exc}") from None
+        if data is None:  # read, but nothing decompressed from it yet
+            continue
         yield data
         if not data:
             return
@@ -331,154 +268,3 @@ def _split(
         out = splitter.feed(data)
         if out.lines or out.too_long:
             yield out
-
-
-FOLLOW_POLL_SECONDS = 0.2  # how often followed files are looked at when nothing came
-FOLLOW_READS_PER_TURN = 8  # reads from one file before the next file gets a turn
-FOLLOW_HEAD_BYTES = 256  # the start of a followed file, to notice it was rewritten
-
-
-class _Followed:
-    """One file read like `tail -F`: through rotation and truncation, from a checkpoint."""
-
-    def __init__(
-        self, source: Source, max_line_bytes: int, max_lines: int, start: Checkpoint | None
-    ) -> None:
-        self.source = source
-        self.max_lines = max_lines
-        self.path = os.path.abspath(source.path)
-        self.max_line_bytes = max_line_bytes
-        self.start = start
-        self.fd: int | None = None
-        self.device = self.inode = self.offset = 0
-        self.head = b""  # the file's first bytes as read
-        self.splitter = LineSplitter(max_line_bytes)
-
-    def _open(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False  # not there yet: looked for again at the next turn
-        except OSError as exc:
-            raise SourceError(f"{self.source.path}: cannot open: {exc.strerror}") from None
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            os.close(fd)
-            raise SourceError(f"{self.source.path}: is a directory")
-        self.fd, self.device, self.inode = fd, st.st_dev, st.st_ino
-        self.offset, line = 0, 0
-        start, self.start = self.start, None
-        same_file = start and (start.device, start.inode) == (st.st_dev, st.st_ino)
-        if start and same_file and start.offset <= st.st_size:  # else: read it from the top
-            self.offset, line = start.offset, start.line
-            os.lseek(fd, self.offset, os.SEEK_SET)
-        self.splitter = LineSplitter(self.max_line_bytes, line)
-        self.head = os.pread(fd, FOLLOW_HEAD_BYTES, 0)
-        return True
-
-    def _close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def _checkpoint(self, chunk: Chunk) -> Chunk:
-        chunk.checkpoint = Checkpoint(
-            self.path,
-            self.device,
-            self.inode,
-            self.offset - self.splitter.pending,
-            self.splitter.line_no,
-        )
-        return chunk
-
-    def turn(self) -> Iterator[Chunk]:
-        """What the file has now; at its end, notices rotation and truncation."""
-        if self.fd is None and not self._open():
-            return
-        assert self.fd is not None
-        for _ in range(FOLLOW_READS_PER_TURN):
-            try:
-                data = os.read(self.fd, FILE_CHUNK)
-            except OSError as exc:
-                raise SourceError(f"{self.source.path}: read failed: {exc.strerror}") from None
-            if not data:
-                break
-            for piece in _pieces(data, self.max_lines):
-                self.offset += len(piece)
-                yield self._checkpoint(self.splitter.feed(piece))
-        else:
-            return  # more to read: the next turn goes on
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return  # moved away, the new file is not there yet: keep what is open
-        if (st.st_dev, st.st_ino) != (self.device, self.inode):
-            last = self.splitter.end()  # rotated: the old file is complete, read to its end
-            if last.lines or last.too_long:
-                yield self._checkpoint(last)
-            self._close()
-        elif st.st_size < self.offset or not self._same_head():
-            # Truncated (and perhaps written again) in place: start again from the top.
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            self.offset = 0
-            self.head = b""
-            self.splitter = LineSplitter(self.max_line_bytes)
-
-    def _same_head(self) -> bool:
-        assert self.fd is not None
-        now = os.pread(self.fd, FOLLOW_HEAD_BYTES, 0)
-        if len(self.head) < FOLLOW_HEAD_BYTES and now.startswith(self.head):
-            self.head = now  # the file was shorter than the head when opened
-            return True
-        return now.startswith(self.head) if len(now) < len(self.head) else now == self.head
-
-    def close(self) -> None:
-        self._close()
-
-
-def _pieces(data: bytes, max_lines: int) -> Iterator[bytes]:
-    """`data` cut after every `max_lines` newlines."""
-    if data.count(b"\n") <= max_lines:
-        yield data
-        return
-    start = 0
-    while start < len(data):
-        end = start
-        for _ in range(max_lines):
-            end = data.find(b"\n", end) + 1
-            if end == 0:
-                end = len(data)
-                break
-        yield data[start:end]
-        start = end
-
-
-def follow_chunks(
-    sources: Sequence[Source],
-    max_line_bytes: int,
-    stop: threading.Event,
-    start: Mapping[str, Checkpoint],
-    max_lines: int,
-) -> Iterator[tuple[Source, Chunk]]:
-    """Lines of every file as they are written, like `tail -F`, until `stop` is set.
-
-    Survives rotation (rename and a new file), truncation, and files that appear later.
-    Each chunk holds at most `max_lines` lines and carries the Checkpoint of its file after
-    them; `start` maps absolute paths to where a previous run stopped: the same file
-    (device and inode) continues there, another file at that path is read from its start.
-    """
-    files = [
-        _Followed(s, max_line_bytes, max_lines, start.get(os.path.abspath(s.path))) for s in sources
-    ]
-    try:
-        while not stop.is_set():
-            moved = False
-            for followed in files:
-                for chunk in followed.turn():
-                    moved = True
-                    yield followed.source, chunk
-            if not moved:
-                stop.wait(FOLLOW_POLL_SECONDS)
-    finally:
-        for followed in files:
-            followed.close()
