@@ -19,7 +19,7 @@ from logagg.models import Checkpoint, RowBatch, StoredEvent
 from logagg.store.base import BatchResult, Counters, Store, newer_schema
 from logagg.timestamps import utc_now
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_SECONDS = 60.0
 CACHE_KIB = 64 * 1024
 
@@ -63,8 +63,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
+_V3 = """
+-- head: the file's first bytes (up to 256), to tell it from another file at its inode
+ALTER TABLE checkpoints ADD COLUMN head BLOB;
+"""
+
 # MIGRATIONS[v] takes a store from version v to v + 1.
-MIGRATIONS: list[str] = [_V1, _V2]
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # One statement a RowBatch: SQLite unpacks the JSON array itself, so the whole batch goes
@@ -93,10 +98,10 @@ _ADD_COUNTERS = (
     " duplicates = duplicates + ?, invalid = invalid + ? WHERE id = 1"
 )
 _SAVE_CHECKPOINT = (
-    "INSERT INTO checkpoints (path, device, inode, offset, line, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET device = excluded.device,"
+    "INSERT INTO checkpoints (path, device, inode, offset, line, head, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET device = excluded.device,"
     " inode = excluded.inode, offset = excluded.offset, line = excluded.line,"
-    " updated_at = excluded.updated_at"
+    " head = excluded.head, updated_at = excluded.updated_at"
 )
 _SELECT_EVENTS = (
     "SELECT topic, event_id, timestamp, source, payload, extra, ingested_at, rowid FROM events"
@@ -310,7 +315,10 @@ class SQLiteStore(Store):
             if checkpoints:
                 conn.executemany(
                     _SAVE_CHECKPOINT,
-                    [(c.path, c.device, c.inode, c.offset, c.line, now) for c in checkpoints],
+                    [
+                        (c.path, c.device, c.inode, c.offset, c.line, c.head, now)
+                        for c in checkpoints
+                    ],
                 )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_ingest_at', ?)"
@@ -322,6 +330,6 @@ class SQLiteStore(Store):
     def checkpoints(self) -> dict[str, Checkpoint]:
         with self._guard():
             rows = self._conn.execute(
-                "SELECT path, device, inode, offset, line FROM checkpoints"
+                "SELECT path, device, inode, offset, line, head FROM checkpoints"
             ).fetchall()
         return {row[0]: Checkpoint(*row) for row in rows}
