@@ -10,6 +10,7 @@ Both offer `post`, `get` and `stats`, and `restart` on the same store.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -179,11 +180,11 @@ class ServeProcess(_Client):
         if self.proc is not None:
             self.proc.wait(WAIT)
 
-    def stop(self) -> int:
-        """SIGTERM: commit what is queued and exit; returns the exit status."""
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send `signum` (SIGTERM: commit what is queued and exit); return the exit status."""
         assert self.proc is not None
         self._close_http()
-        self.proc.terminate()
+        self.proc.send_signal(signum)
         return self.proc.wait(WAIT)
 
     def restart(self) -> ServeProcess:

@@ -78,6 +78,22 @@ def test_the_schema_is_versioned_in_logagg_meta(pg_url: str) -> None:
     assert meta["created_at"].endswith("Z")
 
 
+def test_each_test_has_an_empty_schema_of_its_own_and_none_is_left_behind(pg_url: str) -> None:
+    """What the fixtures promise: logagg's tables go into this test's schema, which starts
+    empty, and the schemas of the tests before were dropped."""
+    schema = schema_of(pg_url)
+    assert pg_sql(pg_url, "SELECT current_schema()") == [(schema,)]
+    in_schema = "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1"
+    assert pg_sql(pg_url, in_schema, [schema]) == []
+    with PostgresStore.open(pg_url) as store:
+        store.write_batch([row(1)])
+    assert [t for (t,) in pg_sql(pg_url, in_schema, [schema])] == sorted(
+        ["logagg_meta", *pgstore.TABLES]
+    )
+    others = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 's\\_%%' AND nspname <> %s"
+    assert pg_sql(pg_url, others, [schema]) == []
+
+
 def test_several_openers_of_a_new_database_create_one_schema(pg_url: str) -> None:
     errors: list[BaseException] = []
 

@@ -377,6 +377,27 @@ def test_settings_from_the_environment_and_logs_without_payloads(
     assert "s3cr3t" not in log
 
 
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_stops_the_server_after_its_last_commit(
+    serve_process: Callable[..., ServeProcess], db: Path, signum: int, code: int
+) -> None:
+    """A real process: Ctrl-C or SIGTERM stops the writer after its last commit, and the
+    exit status a shell shows names the signal (130 / 143; death by the signal itself,
+    after the shutdown, shows the same)."""
+    server = serve_process(log_level="info")
+    assert counts(server.post({"events": [event(n) for n in range(5)]}).json()) == (5, 5, 0, 0)
+    assert counts(server.post([event(4), event(5), "junk"]).json()) == (3, 1, 1, 1)
+    status = server.stop(signum)
+    assert (status if status >= 0 else 128 - status) == code
+    log = server.log.read_text()
+    assert "writer stopped: 8 received, 6 accepted, 1 duplicates, 1 invalid" in log
+    assert "Traceback" not in log
+    facts = check_store(db)
+    assert (facts["rows"], facts["received"]) == (6, 8)
+
+
 def test_serve_command_errors(db: Path, tmp_path: Path) -> None:
     """Real processes: a port another socket listens on, a bad log level, a foreign file."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
