@@ -190,6 +190,8 @@ class _Followed:
                 f.skip -= passed
                 f.offset += passed
                 data = data[passed:]
+                if not data:
+                    continue
             for piece in _pieces(data, self.max_lines):
                 f.offset += len(piece)
                 chunk = f.splitter.feed(piece)
@@ -252,7 +254,14 @@ class _Followed:
                 f.close()
             self.current = None
             return True
-        if f.regular and (st.st_size < f.position() or not f.same_head()):
+        try:
+            rewritten = f.regular and (st.st_size < f.position() or not f.same_head())
+        except OSError as exc:
+            self._report(f"read failed: {exc.strerror or exc} (retrying)")
+            self.start = f.checkpoint(self.path)  # opened again, from where it was
+            self._drop()
+            return False
+        if rewritten:
             self._restart()  # truncated (and perhaps written again) in place
             return True
         return False

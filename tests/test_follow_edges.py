@@ -70,7 +70,16 @@ def ids(*numbers: int) -> list[str]:
 
 def wait_ids(db: Path, expected: Sequence[str]) -> None:
     want = sorted(expected)
-    wait_for(lambda: sorted(stored_ids(db)) == want, f"{len(want)} events")
+    try:
+        wait_for(lambda: sorted(stored_ids(db)) == want, f"{len(want)} events")
+    except AssertionError:
+        got = stored_ids(db)
+        missing = [x for x in want if x not in got]
+        extra = [x for x in got if x not in want]
+        raise AssertionError(
+            f"{len(missing)} of {len(want)} events missing: {missing}"
+            f"{f'; unexpected: {extra}' if extra else ''}"
+        ) from None
 
 
 @pytest.fixture
@@ -173,23 +182,23 @@ def test_a_rotated_file_is_read_until_quiet_for_rotate_wait_then_let_go(
     file's last line when the grace period ends."""
     log, old = tmp_path / "app.log", tmp_path / "app.log.1"
     append(log, 1)
-    proc = follower(log, options=["--rotate-wait", "1"])
+    proc = follower(log, options=["--rotate-wait", "2"])
     wait_ids(db, ids(1))
     log.rename(old)
     append(log, 1000)
     wait_ids(db, ids(1, 1000))
-    for n in range(2, 6):  # growth every 0.5 s keeps it open past the first second
+    for n in range(2, 8):  # growth every 0.5 s keeps it open past the first two seconds
         time.sleep(0.5)
         append(old, n)
     with open(old, "ab") as f:
-        f.write(line(6).rstrip(b"\n"))  # complete JSON, no newline
-    wait_ids(db, ids(*range(1, 7), 1000))
+        f.write(line(8).rstrip(b"\n"))  # complete JSON, no newline
+    wait_ids(db, ids(*range(1, 9), 1000))
     wait_for(lambda: str(old) not in _open_paths(proc.pid), "the rotated file to be closed", 10)
-    append(old, 7)  # after the grace period: no longer read
+    append(old, 9)  # after the grace period: no longer read
     append(log, 1001)
-    wait_ids(db, ids(*range(1, 7), 1000, 1001))
+    wait_ids(db, ids(*range(1, 9), 1000, 1001))
     stop(proc)
-    assert "e7" not in stored_ids(db)
+    assert "e9" not in stored_ids(db)
 
 
 # --- rewritten while logagg was stopped ------------------------------------------------------
@@ -224,10 +233,13 @@ def test_restart_after_delete_and_recreate_with_the_same_inode_reads_from_the_to
     wait_ids(db, ids(*range(50)))
     stop(proc)
     inode = log.stat().st_ino
-    for _ in range(50):  # a file system that hands the inode out again (ext4 does)
-        log.unlink()
-        append(log, *range(1000, 1150))
-        if log.stat().st_ino == inode:
+    log.unlink()
+    for k in range(500):  # a file system that hands the inode out again (ext4 does)
+        new = tmp_path / f"new-{k}"  # the ones with other inodes are kept, so it moves on
+        new.touch()
+        if new.stat().st_ino == inode:
+            append(new, *range(1000, 1150))
+            new.rename(log)
             break
     else:
         pytest.skip("this file system did not reuse the inode")
