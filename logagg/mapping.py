@@ -10,24 +10,27 @@ Nothing here reads files, touches a store or prints. The rules are in the README
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from logagg.models import json_type
-from logagg.timestamps import TimeUnit, epoch_to_utc, utc_now
+from logagg.models import LosslessFloat, Mapped, Mapper, json_type
+from logagg.timestamps import TIME_UNITS, TimeUnit, epoch_to_utc, utc_now
 
 __all__ = [
     "KEYS",
+    "OCCURRENCE_WINDOW",
     "PRESETS",
     "TARGETS",
     "Mapping",
     "MappingError",
     "content_id",
     "get_preset",
+    "keyed_id",
     "parse_path",
 ]
 
@@ -39,6 +42,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("source", "event_id"),
 )
 CONTENT_ID_LENGTH = 32
+OCCURRENCE_WINDOW = 10_000  # lines within which identical lines are counted as occurrences
 
 _MISSING: Any = object()
 _CE_REQUIRED = ("specversion", "id", "source", "type")
@@ -46,6 +50,7 @@ _CE_MAPPED = frozenset(("id", "source", "type", "time", "data", "data_base64"))
 _RESERVED = frozenset(("topic", "event_id", "timestamp", "source", "payload"))
 
 Path = tuple[str, ...]
+Paths = tuple[tuple[str, Path], ...]  # fallbacks, first present non-null wins
 
 
 class MappingError(ValueError):
@@ -61,6 +66,11 @@ def parse_path(text: str) -> Path:
     if not text or "" in parts:
         raise ValueError(f"invalid field path {text!r}: use names joined by dots, e.g. repo.name")
     return parts
+
+
+def _parse_paths(text: str) -> Paths:
+    """`"timestamp,observed_timestamp"`: paths tried in order."""
+    return tuple((one, parse_path(one)) for one in text.split(","))
 
 
 def _lookup(obj: dict[str, Any], text: str, parts: Path) -> Any:
@@ -79,6 +89,15 @@ def _lookup(obj: dict[str, Any], text: str, parts: Path) -> Any:
         if current is _MISSING:
             return _MISSING
     return current
+
+
+def _first(obj: dict[str, Any], paths: Paths) -> tuple[Any, str, Path | None]:
+    """The first present, non-null value of `paths`, with the path it was found at."""
+    for text, parts in paths:
+        value = _lookup(obj, text, parts)
+        if value is not _MISSING and value is not None and value != "":
+            return value, text, (text,) if text in obj else parts
+    return _MISSING, ",".join(text for text, _ in paths), None
 
 
 def _without(obj: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
@@ -107,17 +126,16 @@ def _without(obj: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
 
 def _name(value: Any, target: str, path: str) -> str | None:
     """A topic, event_id or source from the line: a string, an integer as text, or None."""
-    kind = type(value)
     if isinstance(value, str):
         return value
     if value is None or value is _MISSING:
         return None
-    if kind is int:
+    if type(value) is int:
         return str(value)
     raise MappingError(f"{target}: field '{path}' is {json_type(value)}, expected a string")
 
 
-def _epoch(value: int | float, unit: TimeUnit | None) -> str:
+def _epoch(value: int | Decimal, unit: TimeUnit | None) -> str:
     try:
         return epoch_to_utc(value, unit)
     except ValueError as exc:
@@ -126,14 +144,17 @@ def _epoch(value: int | float, unit: TimeUnit | None) -> str:
 
 def _timestamp(value: Any, unit: TimeUnit | None, path: str) -> str:
     """An RFC 3339 string as it is; an epoch number (or string of digits) converted."""
-    kind = type(value)
     if isinstance(value, str):
         if value[:1].isdigit() and value.isascii() and value.replace(".", "", 1).isdigit():
-            number: int | float = float(value) if "." in value else int(value)
-            return _epoch(number, unit)
+            return _epoch(Decimal(value) if "." in value else int(value), unit)
         return value
-    if kind is int or (kind is float and math.isfinite(value)):
+    kind = type(value)
+    if kind is int:
         return _epoch(value, unit)
+    if kind is LosslessFloat:
+        return _epoch(Decimal(str(value)), unit)
+    if kind is float and math.isfinite(value):
+        return _epoch(Decimal(repr(value)), unit)
     if value is None or value is _MISSING:
         raise MappingError(f"missing timestamp: the line has no '{path}'")
     raise MappingError(
@@ -142,19 +163,73 @@ def _timestamp(value: Any, unit: TimeUnit | None, path: str) -> str:
     )
 
 
-def content_id(obj: Any) -> str:
+def _canonical(obj: Any) -> bytes:
+    """The line's canonical JSON: keys sorted at every level, no whitespace, numbers as
+    written."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=_as_written)
+    except TypeError:  # an integer beyond 64 bits
+        return orjson.dumps(_big_ints(obj), option=orjson.OPT_SORT_KEYS, default=_as_written)
+
+
+def _as_written(value: Any) -> Any:
+    if type(value) is LosslessFloat:
+        return orjson.Fragment(bytes(value))
+    raise TypeError
+
+
+def _big_ints(value: Any) -> Any:
+    kind = type(value)
+    if kind is int and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    if kind is dict:
+        return {k: _big_ints(v) for k, v in value.items()}
+    if kind is list:
+        return [_big_ints(v) for v in value]
+    return value
+
+
+def content_id(obj: Any, occurrence: int = 1) -> str:
     """A stable id of a decoded line: SHA-256 of its canonical JSON, first 32 hex digits.
 
-    Keys are sorted at every level and there is no whitespace, so key order and spacing
-    of the original line do not change the id.
+    Key order and spacing of the line do not change it. The k-th identical line of an
+    input (`occurrence` k > 1) hashes `#k` after the content, so it is another event.
     """
-    try:
-        canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # an integer beyond 64 bits
-        canonical = json.dumps(
-            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+    canonical = _canonical(obj)
+    if occurrence > 1:
+        canonical += b"#%d" % occurrence
     return hashlib.sha256(canonical).hexdigest()[:CONTENT_ID_LENGTH]
+
+
+def keyed_id(source: str, event_id: str) -> str:
+    """The event_id under the `(source, id)` key: the source with `%` and space escaped
+    (`%25`, `%20`), a space, the id; two different pairs never give the same text."""
+    return f"{source.replace('%', '%25').replace(' ', '%20')} {event_id}"
+
+
+class Occurrences:
+    """Counts identical lines of one input, over the last `window` lines: the k-th copy of
+    a line seen within `window` lines of the previous copy is occurrence k. Memory is
+    bounded by the window."""
+
+    def __init__(self, window: int = OCCURRENCE_WINDOW) -> None:
+        self.window = window
+        self._lines = 0
+        self._seen: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # count, last line
+
+    def count(self, canonical: bytes) -> int:
+        self._lines += 1
+        horizon = self._lines - self.window
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen.values()))
+            if oldest[1] > horizon:
+                break
+            seen.popitem(last=False)
+        digest = hashlib.blake2b(canonical, digest_size=16).digest()
+        count = seen.pop(digest, (0, 0))[0] + 1
+        seen[digest] = (count, self._lines)
+        return count
 
 
 # --- the mapping -----------------------------------------------------------------------
@@ -162,13 +237,17 @@ def content_id(obj: Any) -> str:
 
 @dataclass(frozen=True)
 class Mapping:
-    """How to read a JSON log line as logagg events (see the module docstring).
+    """How to read a JSON log line as logagg events (the README's "Your logs").
 
-    `fields`: target -> dotted path; `payload_field`: path of the payload (None: the rest
-    of the object); `topic`, `source`: constants where the line has none; `id_from_content`:
-    hash the line when it has no id; `time_unit`: unit of epoch times (None: by magnitude);
-    `cloudevents`: read CloudEvents 1.0 JSON; `key`: `("topic", "event_id")`, or
-    `("source", "id")` to store event_id as `"<source> <id>"`.
+    `fields`: target -> dotted path, or several separated by commas (the first present,
+    non-null one wins); `own_names`: a target without a path is read from the field of its
+    own name (presets say every field they read instead); `payload_field`: path of the
+    payload (None: the rest of the object); `topic`, `source`: constants where the line has
+    none; `id_from_content`: hash the line when it has no id; `time_unit`: unit of epoch
+    times (None: by magnitude); `cloudevents`: read CloudEvents 1.0 JSON;
+    `detect_cloudevents`: read lines that look like CloudEvents as such (default: when no
+    field mapping is given); `key`: `("topic", "event_id")`, or `("source", "id")` to
+    store event_id as `keyed_id(source, id)`.
     """
 
     fields: dict[str, str] = field(default_factory=dict)
@@ -179,9 +258,10 @@ class Mapping:
     time_unit: TimeUnit | None = None
     cloudevents: bool = False
     key: tuple[str, str] = ("topic", "event_id")
-    _paths: tuple[tuple[str, Path], ...] = field(init=False, repr=False, compare=False)
+    own_names: bool = True
+    detect_cloudevents: bool | None = None
+    _paths: tuple[Paths, ...] = field(init=False, repr=False, compare=False)
     _payload: tuple[str, Path] | None = field(init=False, repr=False, compare=False)
-    _flat_drop: frozenset[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.fields) - set(TARGETS))
@@ -189,8 +269,8 @@ class Mapping:
             raise ValueError(
                 f"unknown mapping target {unknown[0]!r} (targets: {', '.join(TARGETS)})"
             )
-        if self.time_unit not in (None, "s", "ms", "us"):
-            raise ValueError(f"invalid time unit {self.time_unit!r} (use s, ms or us)")
+        if self.time_unit not in (None, *TIME_UNITS):
+            raise ValueError(f"invalid time unit {self.time_unit!r} (use s, ms, us or ns)")
         if tuple(self.key) not in KEYS:
             raise ValueError(
                 f"invalid key {','.join(self.key)!r} (use topic,event_id or source,id)"
@@ -200,17 +280,25 @@ class Mapping:
                 raise ValueError(f"the constant {name} must not be empty")
         if self.cloudevents and (self.fields or self.payload_field):
             raise ValueError("CloudEvents have a fixed mapping: no field mapping or payload field")
-        paths = tuple((text, parse_path(text)) for text in (self.fields.get(t, t) for t in TARGETS))
+        paths = tuple(
+            _parse_paths(self.fields[t])
+            if t in self.fields
+            else ((t, (t,)),)
+            if self.own_names
+            else ()
+            for t in TARGETS
+        )
         payload = None
         if self.payload_field is not None:
             payload = (self.payload_field, parse_path(self.payload_field))
-        every = [*paths, payload] if payload else list(paths)
-        flat = all(len(parts) == 1 for _, parts in every)
+        detect = self.detect_cloudevents
+        if detect is None:
+            detect = not (self.cloudevents or self.fields or self.payload_field)
         object.__setattr__(self, "fields", dict(self.fields))
         object.__setattr__(self, "key", tuple(self.key))
+        object.__setattr__(self, "detect_cloudevents", detect)
         object.__setattr__(self, "_paths", paths)
         object.__setattr__(self, "_payload", payload)
-        object.__setattr__(self, "_flat_drop", frozenset(t for t, _ in every) if flat else None)
 
     def with_default_source(self, name: str) -> Mapping:
         """This mapping with constant source `name` (a file name) unless it already has one."""
@@ -228,66 +316,111 @@ class Mapping:
         key: tuple[str, str] | None = None,
     ) -> Mapping:
         """This mapping (a preset, say) with the options a user gave; fields merge by target."""
+        fields = {**self.fields, **(fields or {})}
+        payload_field = payload_field if payload_field is not None else self.payload_field
+        detect = self.detect_cloudevents and not (fields or payload_field)
         return replace(
             self,
-            fields={**self.fields, **(fields or {})},
-            payload_field=payload_field if payload_field is not None else self.payload_field,
+            fields=fields,
+            payload_field=payload_field,
             topic=topic if topic is not None else self.topic,
             source=source if source is not None else self.source,
             id_from_content=id_from_content or self.id_from_content,
             time_unit=time_unit if time_unit is not None else self.time_unit,
             key=key if key is not None else self.key,
+            detect_cloudevents=detect,
         )
 
+    def for_input(self) -> Mapper:
+        """A mapper for one input: it numbers identical lines (see `Occurrences`)."""
+        occurrences = Occurrences()
+        return lambda obj: self.events(obj, occurrences=occurrences)
+
     def apply(self, obj: Any, now: str | None = None) -> list[dict[str, Any]]:
-        """The events of one decoded line; raises MappingError naming what is missing.
+        """The events of one decoded line; raises MappingError for the first that cannot be
+        mapped."""
+        events = []
+        for event in self.events(obj, now):
+            if isinstance(event, ValueError):
+                raise event
+            events.append(event)
+        return events
+
+    def events(
+        self, obj: Any, now: str | None = None, occurrences: Occurrences | None = None
+    ) -> Mapped:
+        """The events of one decoded line, or for each the reason it cannot be one.
 
         One event per line, except a CloudEvents batch (a JSON array), which gives one per
         element. `now` is the timestamp of a CloudEvent without `time` (default: current
         UTC time).
         """
-        if not self.cloudevents:
-            return [self._map(obj)]
-        if type(obj) is not list:
-            return [self._cloudevent(obj, now)]
+        kind = type(obj)
+        ce = self.cloudevents or (
+            self.detect_cloudevents
+            and (
+                (kind is dict and "specversion" in obj)
+                or (kind is list and bool(obj) and type(obj[0]) is dict and "specversion" in obj[0])
+            )
+        )
+        try:
+            if not ce:
+                return [self._map(obj, occurrences)]
+            if kind is not list:
+                return [self._cloudevent(obj, now)]
+        except MappingError as exc:
+            return [exc]
         if now is None:
             now = utc_now()
-        events = []
-        for index, item in enumerate(obj, 1):
+        out: Mapped = []
+        for item in obj:
             try:
-                events.append(self._cloudevent(item, now))
+                out.append(self._cloudevent(item, now))
             except MappingError as exc:
-                raise MappingError(f"event {index} of the batch: {exc}") from None
-        return events
+                out.append(exc)
+        return out
 
-    def _map(self, obj: Any) -> dict[str, Any]:
+    def _map(self, obj: Any, occurrences: Occurrences | None) -> dict[str, Any]:
         if type(obj) is not dict:
             raise MappingError(f"expected a JSON object, got {json_type(obj)}")
-        (t_text, t_parts), (i_text, i_parts), (ts_text, ts_parts), (s_text, s_parts) = self._paths
-        topic = _name(_lookup(obj, t_text, t_parts), "topic", t_text) or self.topic
+        t_paths, i_paths, ts_paths, s_paths = self._paths
+        used: list[Path] = []
+        value, t_text, t_used = _first(obj, t_paths)
+        topic = _name(value, "topic", t_text) or self.topic
         if topic is None:
             raise MappingError(f"missing topic: the line has no '{t_text}' and no topic is set")
-        source = _name(_lookup(obj, s_text, s_parts), "source", s_text) or self.source
+        value, s_text, s_used = _first(obj, s_paths)
+        source = _name(value, "source", s_text) or self.source
         if source is None:
             raise MappingError(f"missing source: the line has no '{s_text}' and no source is set")
-        event_id = _name(_lookup(obj, i_text, i_parts), "event_id", i_text)
+        value, i_text, i_used = _first(obj, i_paths)
+        event_id = _name(value, "event_id", i_text)
         if not event_id:
             if not self.id_from_content:
                 raise MappingError(
                     f"missing event_id: the line has no '{i_text}' (an id from the content "
                     "can be used instead)"
                 )
-            event_id = content_id(obj)
+            canonical = _canonical(obj)
+            k = occurrences.count(canonical) if occurrences is not None else 1
+            if k > 1:
+                canonical += b"#%d" % k
+            event_id = hashlib.sha256(canonical).hexdigest()[:CONTENT_ID_LENGTH]
         if self.key[0] == "source":
-            event_id = f"{source} {event_id}"
-        timestamp = _timestamp(_lookup(obj, ts_text, ts_parts), self.time_unit, ts_text)
-
-        drop = self._flat_drop
-        if drop is not None:
+            event_id = keyed_id(source, event_id)
+        value, ts_text, ts_used = _first(obj, ts_paths)
+        timestamp = _timestamp(value, self.time_unit, ts_text)
+        for path in (t_used, s_used, i_used, ts_used):
+            if path is not None:
+                used.append(path)
+        if self._payload is not None:
+            p_text, p_parts = self._payload
+            used.append((p_text,) if p_text in obj else p_parts)
+        if all(len(parts) == 1 for parts in used):
+            drop = {parts[0] for parts in used}
             rest = {k: v for k, v in obj.items() if k not in drop}
         else:
-            used = [*self._paths, self._payload] if self._payload else self._paths
-            rest = _without(obj, [(text,) if text in obj else parts for text, parts in used])
+            rest = _without(obj, used)
         if self._payload is None:
             return {
                 "topic": topic,
@@ -351,7 +484,7 @@ class Mapping:
             else:
                 payload = {"data": data}
         source = obj["source"]
-        event_id = obj["id"] if self.key[0] == "topic" else f"{source} {obj['id']}"
+        event_id = obj["id"] if self.key[0] == "topic" else keyed_id(source, obj["id"])
         return {
             "topic": obj["type"],
             "event_id": event_id,
@@ -370,22 +503,29 @@ PRESETS: dict[str, Mapping] = {
         fields={"timestamp": "time"},
         topic="docker",
         id_from_content=True,
+        own_names=False,
+        detect_cloudevents=False,
     ),
     "pino": Mapping(
         fields={"topic": "name", "timestamp": "time", "source": "hostname"},
         topic="pino",
         id_from_content=True,
-        time_unit="ms",
+        own_names=False,
+        detect_cloudevents=False,
     ),
     "bunyan": Mapping(
         fields={"topic": "name", "timestamp": "time", "source": "hostname"},
         topic="bunyan",
         id_from_content=True,
+        own_names=False,
+        detect_cloudevents=False,
     ),
     "structlog": Mapping(
         fields={"topic": "logger", "timestamp": "timestamp"},
         topic="structlog",
         id_from_content=True,
+        own_names=False,
+        detect_cloudevents=False,
     ),
     "journald": Mapping(
         fields={
@@ -396,12 +536,16 @@ PRESETS: dict[str, Mapping] = {
         },
         topic="journald",
         time_unit="us",
+        own_names=False,
+        detect_cloudevents=False,
     ),
     "gelf": Mapping(
         fields={"timestamp": "timestamp", "source": "host"},
         topic="gelf",
         id_from_content=True,
         time_unit="s",
+        own_names=False,
+        detect_cloudevents=False,
     ),
 }
 

@@ -1,9 +1,10 @@
 """The event: its schema, its row form, rejects and checkpoints; decoding lines.
 
-Shapes of an event: `Event` is the schema (validated by Pydantic straight from a line's
-bytes); `Row` is a valid event as stored (timestamp normalised, payload and extra as JSON
-text), a plain tuple because millions of them pass through the reader; `RowBatch` is a
-list of rows encoded once for the queue and the store; `StoredEvent` is an event read back.
+Shapes of an event: `Event` is the schema (validated by Pydantic once a line is parsed,
+numbers kept exactly as written); `Row` is a valid event as stored (timestamp normalised,
+payload and extra as JSON text), a plain tuple because millions of them pass through the
+reader; `RowBatch` is a list of rows encoded once for the queue and the store;
+`StoredEvent` is an event read back.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import (
     NotRequired,  # pydantic needs these on 3.11
 )
 
+import jiter
 import orjson
-import pydantic_core
 from pydantic import (
     AfterValidator,
     ConfigDict,
@@ -34,7 +35,9 @@ from logagg.timestamps import normalize_timestamp
 MAX_NAME = 255
 REJECT_RAW_LIMIT = 64 * 1024  # bytes of a rejected line kept in the rejects file
 FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
-NOT_FINITE = "invalid JSON: NaN, Infinity and numbers beyond the float range are not JSON"
+NOT_FINITE = "invalid JSON: NaN and Infinity are not JSON"
+NUL = "\x00"
+LosslessFloat = jiter.LosslessFloat  # a JSON number with a fraction or exponent, as written
 
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
@@ -74,9 +77,39 @@ def _row(event: Mapping[str, Any]) -> Row:
     )
 
 
+def _check_keys(row: Row) -> Row:
+    """Refuse U+0000 in a name or the time: text columns cannot keep it byte-exact."""
+    for name, value in zip(FIELDS[:4], row[:4], strict=False):
+        if NUL in value:
+            raise ValueError(f"{name}: contains U+0000 (a NUL character), which is not allowed")
+    return row
+
+
 def validate_event(event: Any) -> Row:
     """Validate one decoded event (a dict) into a row; raises ValidationError or ValueError."""
-    return _row(EVENT.validate_python(event))
+    return _check_keys(_row(EVENT.validate_python(event)))
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON: no NaN or Infinity, no key twice in an object; integers of any size
+    kept exactly, other numbers as `LosslessFloat` (their text as written). Raises
+    ValueError with a one-line reason."""
+    try:
+        return jiter.from_json(
+            data if isinstance(data, bytes) else data.encode(),
+            allow_inf_nan=False,
+            cache_mode="keys",
+            catch_duplicate_keys=True,
+            float_mode="lossless-float",
+        )
+    except ValueError as exc:
+        if _parses_with_nan(data):
+            raise ValueError(NOT_FINITE) from None
+        detail = str(exc).replace(" at line 1 column ", " at column ")
+        if detail.startswith("Detected duplicate key "):
+            key, _, where = detail.removeprefix("Detected duplicate key ").rpartition(" at ")
+            detail = f"the key {key} twice (at {where})"
+        raise ValueError(f"invalid JSON: {detail}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,29 +128,73 @@ def encode_rows(rows: Sequence[Row]) -> RowBatch:
     return RowBatch(orjson.dumps(rows).decode(), len(rows))
 
 
-def encode_json(value: Any) -> str:
-    """Compact JSON text; integers beyond 64 bits are kept exactly.
+def _parses_with_nan(data: bytes | str) -> bool:
+    try:
+        jiter.from_json(
+            data if isinstance(data, bytes) else data.encode(),
+            allow_inf_nan=True,
+            catch_duplicate_keys=True,
+        )
+    except ValueError:
+        return False
+    return True
 
-    Raises ValueError for NaN, infinities and numbers beyond the float range: they are not
-    JSON, and storing them would change the data (orjson would write them as null).
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text, every number as it was written (`LosslessFloat`, integers of any
+    size).
+
+    Raises ValueError for NaN and infinities (not JSON: orjson would write them as null)
+    and for text that is not valid Unicode (a lone surrogate).
     """
     try:
+        text = orjson.dumps(value, default=_as_written)
+    except TypeError:
         try:
-            text = orjson.dumps(value)
-        except TypeError:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        if b"null" in text:
-            json.dumps(value, allow_nan=False)  # raises ValueError if a null was a NaN or inf
-    except ValueError:
-        raise ValueError(NOT_FINITE) from None
+            text = orjson.dumps(_exact(value), default=_as_written)
+        except TypeError as exc:
+            raise ValueError(f"cannot be stored exactly: {exc}") from None
+    if b"null" in text and _has_non_finite(value):
+        raise ValueError(NOT_FINITE)
     return text.decode()
+
+
+def _as_written(value: Any) -> Any:
+    if type(value) is LosslessFloat:
+        return orjson.Fragment(bytes(value))
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _exact(value: Any) -> Any:
+    """`value` with integers beyond 64 bits as their digits (orjson refuses them)."""
+    kind = type(value)
+    if kind is int and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    if kind is dict:
+        return {k: _exact(v) for k, v in value.items()}
+    if kind is list:
+        return [_exact(v) for v in value]
+    return value
+
+
+def _has_non_finite(value: Any) -> bool:
+    if type(value) is float:
+        return value != value or value in (float("inf"), float("-inf"))
+    if type(value) is dict:
+        return any(_has_non_finite(v) for v in value.values())
+    if type(value) is list:
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """How far a followed file has been read: every line before `offset` is committed.
 
-    `device` and `inode` tell the file itself from another file put at the same path.
+    `device` and `inode` tell the file itself from another file put at the same path;
+    `head`, the file's first bytes (up to 256), tells it from a file rewritten in place or
+    made anew with the same inode (None: a checkpoint written before there were heads).
+    For a compressed file `offset` is a position in its decompressed content.
     """
 
     path: str
@@ -125,22 +202,30 @@ class Checkpoint:
     inode: int
     offset: int
     line: int
+    head: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """A line that is not a valid event: where it was, why, and what it said."""
+    """An event that is not valid: where it was (a line, and for an event of a batch on
+    one line its position, from 1), why, and what it said."""
 
     source: str
     line: int
     reason: str
     raw: str
+    index: int | None = None
 
     def location(self) -> str:
-        return f"{self.source}:{self.line}"
+        at = f"{self.source}:{self.line}"
+        return at if self.index is None else f"{at}#{self.index}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.source, "line": self.line, "error": self.reason, "raw": self.raw}
+        doc: dict[str, Any] = {"file": self.source, "line": self.line}
+        if self.index is not None:
+            doc["index"] = self.index
+        doc.update(error=self.reason, raw=self.raw)
+        return doc
 
 
 def raw_text(raw: bytes) -> str:
@@ -151,7 +236,10 @@ def raw_text(raw: bytes) -> str:
     return text
 
 
-Mapper = Callable[[Any], list[dict[str, Any]]]  # a decoded line -> events (logagg.mapping)
+Mapped = list[dict[str, Any] | ValueError]
+"""What a mapper makes of one line: an event (a dict in logagg's schema) or the reason it
+cannot be one, for every event the line holds (a batch holds several)."""
+Mapper = Callable[[Any], Mapped]
 
 
 def decode_lines(
@@ -162,50 +250,56 @@ def decode_lines(
 ) -> tuple[list[Row], list[Reject]]:
     """Validate numbered JSON lines (no newlines) into rows; explain the others in Rejects.
 
-    Without a `mapper`, a line is an event in logagg's schema, validated straight from its
-    bytes; one that is not but names a `"specversion"` goes to `fallback` (CloudEvents).
-    With a `mapper`, every line is decoded and mapped to events first. A mapper raises
-    ValueError with a one-line reason for a line it cannot map.
+    Without a `mapper`, a line is an event in logagg's schema; one that is not but names a
+    `"specversion"` goes to `fallback` (CloudEvents). With a `mapper`, every line is mapped
+    to events first. A line may hold several events (a batch): each is validated, and each
+    invalid one rejected, on its own.
     """
     rows: list[Row] = []
     rejects: list[Reject] = []
-    validate, append = EVENT.validate_json, rows.append
+    validate, append = EVENT.validate_python, rows.append
     for line, raw in lines:
         try:
+            obj = parse_json(raw)
             if mapper is None:
                 try:
-                    append(_row(validate(raw)))
+                    row = _row(validate(obj))
+                    append(_check_keys(row) if b"\\u0000" in raw else row)
                     continue
                 except ValidationError:
                     if fallback is None or b'"specversion"' not in raw:
                         raise
-                mapped = fallback(_parse(raw))
+                mapped = fallback(obj)
             else:
-                mapped = mapper(_parse(raw))
-            rows.extend([_row(EVENT.validate_python(event)) for event in mapped])
+                mapped = mapper(obj)
         except ValidationError as exc:
             rejects.append(Reject(source, line, describe(exc), raw_text(raw)))
+            continue
         except ValueError as exc:
             rejects.append(Reject(source, line, str(exc), raw_text(raw)))
+            continue
+        batch = type(obj) is list
+        for index, event in enumerate(mapped, 1):
+            try:
+                if isinstance(event, ValueError):
+                    raise event
+                append(_check_keys(_row(validate(event))))
+            except (ValidationError, ValueError) as exc:
+                reason = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+                if batch:
+                    item = raw_text(encode_json(obj[index - 1]).encode())
+                    rejects.append(Reject(source, line, reason, item, index))
+                else:
+                    rejects.append(Reject(source, line, reason, raw_text(raw)))
     return rows, rejects
-
-
-def _parse(raw: bytes) -> Any:
-    """Strict JSON (no NaN or Infinity; integers of any size kept exactly)."""
-    try:
-        return pydantic_core.from_json(raw, allow_inf_nan=False)
-    except ValueError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from None
 
 
 def event_from_fields(**fields: Any) -> Row:
     """Validate an event given as Python values (for `publish`); raises ValueError."""
     try:
-        return _row(EVENT.validate_python(fields))
+        return validate_event(fields)
     except ValidationError as exc:
         raise ValueError(describe(exc)) from None
-    except ValueError:
-        raise ValueError(NOT_FINITE) from None
 
 
 def describe(exc: ValidationError) -> str:
@@ -237,7 +331,7 @@ def json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, LosslessFloat)):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -259,17 +353,21 @@ class StoredEvent:
     ingested_at: str
 
     def to_json_bytes(self) -> bytes:
-        """The event in the input schema, as one compact JSON object (no newline)."""
-        doc: dict[str, Any] = {
-            "topic": self.topic,
-            "event_id": self.event_id,
-            "timestamp": self.timestamp,
-            "source": self.source,
-            "payload": orjson.Fragment(self.payload_json),
-        }
-        if self.extra_json:
-            doc.update(json.loads(self.extra_json))
-        return orjson.dumps(doc)
+        """The event in the input schema, as one compact JSON object (no newline); the
+        payload and extra fields exactly as stored."""
+        head = orjson.dumps(
+            {
+                "topic": self.topic,
+                "event_id": self.event_id,
+                "timestamp": self.timestamp,
+                "source": self.source,
+                "payload": orjson.Fragment(self.payload_json),
+            }
+        )
+        extra = self.extra_json
+        if not extra or extra == "{}":
+            return head
+        return head[:-1] + b"," + extra.encode()[1:]  # extra is a JSON object: its members
 
     def to_dict(self) -> dict[str, Any]:
         """The event in the input schema, payload decoded."""

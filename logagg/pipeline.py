@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from logagg.errors import LogaggError, SourceError, StoreError
+from logagg.follow import ROTATE_WAIT_SECONDS, Notice, follow_chunks
 from logagg.mapping import PRESETS, Mapping
 from logagg.models import (
     Checkpoint,
@@ -30,8 +31,9 @@ from logagg.models import (
     encode_rows,
     raw_text,
 )
-from logagg.sources import Chunk, Source, follow_chunks, read_chunks
+from logagg.sources import Chunk, Source, read_chunks
 from logagg.store import BatchResult, Store
+from logagg.timestamps import NaiveTimes, reading_times, zone_named
 
 PUT_POLL_SECONDS = 0.1
 OnCommit = Callable[[BatchResult], None]  # runs in the writer after each commit
@@ -48,6 +50,8 @@ class IngestOptions:
     max_line_bytes: int = 1 << 20
     mapping: Mapping | None = None  # how to read lines not in logagg's schema
     follow: bool = False  # read files as they grow, with checkpoints, until stopped
+    rotate_wait: float = ROTATE_WAIT_SECONDS  # a rotated file is read until quiet this long
+    assume_tz: str = "UTC"  # the zone of times without an offset: an IANA name or "local"
 
 
 @dataclass(slots=True)
@@ -60,6 +64,7 @@ class IngestReport:
     invalid: int = 0
     elapsed_seconds: float = 0.0
     source_errors: list[str] = field(default_factory=list)
+    times: NaiveTimes = field(default_factory=NaiveTimes)  # naive times met, and their zone
 
     @property
     def events_per_second(self) -> float:
@@ -73,6 +78,8 @@ class IngestReport:
             "invalid": self.invalid,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "events_per_second": round(self.events_per_second, 1),
+            "naive_timestamps": self.times.naive,
+            "assumed_tz": self.times.name,
         }
 
 
@@ -332,6 +339,7 @@ def ingest(
     on_progress: Callable[[Source, int, int, int], None] | None = None,
     on_commit: OnCommit | None = None,
     stdin: BinaryIO | None = None,
+    on_notice: Notice | None = None,
 ) -> IngestReport:
     """Read `sources` in order into `store`; return the report of what was committed.
 
@@ -339,8 +347,11 @@ def ingest(
     runs in the writer after each commit (with `result.new` and `result.dropped`).
 
     A source that cannot be read is recorded in `report.source_errors` and the next one is
-    read. A store failure stops the run and is raised as StoreError once the reader has
-    stopped; nothing waits forever on the queue.
+    read. With `follow`, a file that cannot be read for a while is reported through
+    `on_notice(message, True)` once (and `on_notice(message, False)` once it can be again;
+    without on_notice, problems go to `report.source_errors`). A store failure stops the
+    run and is raised as StoreError once the reader has stopped; nothing waits forever on
+    the queue.
     """
     options = options or IngestOptions()
     checkpoints = store.checkpoints() if options.follow else {}  # before the writer starts
@@ -351,43 +362,65 @@ def ingest(
     lines_read = [0]  # lines read so far, for progress
 
     def mapper(source: Source) -> Mapper | None:
+        """The mapper of one input (it numbers identical lines of that input)."""
         if options.mapping is None:
             return None
-        return options.mapping.with_default_source(source.label).apply
+        return options.mapping.with_default_source(source.label).for_input()
 
+    report.times = zone_named(options.assume_tz)
     try:
-        if options.follow:
-            mappers = {source: mapper(source) for source in sources}
-            try:
-                # A chunk holds at most batch_size lines, so that its rows and its checkpoint
-                # always commit together.
-                for source, chunk in follow_chunks(
-                    sources, options.max_line_bytes, stop, checkpoints, options.batch_size
-                ):
-                    writer.put(_decode(chunk, source.name, options, on_reject, mappers[source]))
-            except SourceError as exc:
-                report.source_errors.append(str(exc))
-        for source in [] if options.follow else sources:
-            if stop.is_set():
-                break
+        with reading_times(report.times):
+            if options.follow:
+                mappers = {source: mapper(source) for source in sources}
+                try:
+                    # A chunk holds at most batch_size lines, so that its rows and its
+                    # checkpoint always commit together.
+                    for source, chunk in follow_chunks(
+                        sources,
+                        options.max_line_bytes,
+                        stop,
+                        checkpoints,
+                        options.batch_size,
+                        options.rotate_wait,
+                        on_notice or _to_source_errors(report),
+                    ):
+                        writer.put(_decode(chunk, source.name, options, on_reject, mappers[source]))
+                except SourceError as exc:
+                    report.source_errors.append(str(exc))
+            for source in [] if options.follow else sources:
+                if stop.is_set():
+                    break
 
-            def progress(position: int, size: int, source: Source = source) -> None:
-                if on_progress is not None:
-                    on_progress(source, position, size, lines_read[0])
+                def progress(position: int, size: int, source: Source = source) -> None:
+                    if on_progress is not None:
+                        on_progress(source, position, size, lines_read[0])
 
-            try:
-                for chunk in read_chunks(
-                    source, options.max_line_bytes, stop, stdin, progress if on_progress else None
-                ):
-                    lines_read[0] += len(chunk.lines) + len(chunk.too_long)
-                    writer.put(_decode(chunk, source.name, options, on_reject, mapper(source)))
-            except SourceError as exc:
-                report.source_errors.append(str(exc))
+                read = mapper(source)
+                try:
+                    for chunk in read_chunks(
+                        source,
+                        options.max_line_bytes,
+                        stop,
+                        stdin,
+                        progress if on_progress else None,
+                    ):
+                        lines_read[0] += len(chunk.lines) + len(chunk.too_long)
+                        writer.put(_decode(chunk, source.name, options, on_reject, read))
+                except SourceError as exc:
+                    report.source_errors.append(str(exc))
     finally:
         writer.finish()
         report.elapsed_seconds = time.monotonic() - started
     writer.raise_error()
     return report
+
+
+def _to_source_errors(report: IngestReport) -> Notice:
+    def note(message: str, problem: bool) -> None:
+        if problem:
+            report.source_errors.append(message)
+
+    return note
 
 
 def _decode(
@@ -397,7 +430,7 @@ def _decode(
     on_reject: Callable[[Reject], None] | None,
     mapper: Mapper | None = None,
 ) -> _Batch:
-    rows, rejects = decode_lines(chunk.lines, name, mapper, CLOUDEVENTS.apply)
+    rows, rejects = decode_lines(chunk.lines, name, mapper, CLOUDEVENTS.events)
     limit, size = options.max_line_bytes, options.batch_size
     rejects.extend(_too_long(name, line, n, head, limit) for line, n, head in chunk.too_long)
     if on_reject:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import select
 import stat
 import sys
@@ -56,12 +57,25 @@ class Source:
 
     @property
     def label(self) -> str:
-        """The default event source for lines read from here: the file name, or stdin."""
-        return "stdin" if self.is_stdin else os.path.basename(self.path)
+        """The default event source for lines read from here: the file name without what
+        compression and rotation add (`app.log.2.gz` is `app.log`), or stdin."""
+        return "stdin" if self.is_stdin else base_name(self.path)
 
     @property
     def is_stdin(self) -> bool:
         return self.path == "-"
+
+
+_COMPRESSED = re.compile(r"\.(gz|zst|zstd)$")
+_ROTATED = re.compile(r"(\.\d+|-\d{8}(\d{2})?)$")  # app.log.1, app.log-20251128(10)
+
+
+def base_name(path: str) -> str:
+    """A file's name without compression and rotation suffixes: `app.log.1.gz`,
+    `app.log-20251128.zst` and `app.log` are all `app.log`."""
+    name = os.path.basename(path)
+    stripped = _ROTATED.sub("", _COMPRESSED.sub("", name))
+    return stripped or name
 
 
 class _Reader:

@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from logagg import __version__
 
 REPORT_KEYS = {
+    "naive_timestamps",
+    "assumed_tz",
     "received",
     "accepted",
     "duplicates",

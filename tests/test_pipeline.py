@@ -92,8 +92,11 @@ def test_report_counts_a_file_with_duplicates_invalid_and_blank_lines(
         "invalid",
         "elapsed_seconds",
         "events_per_second",
+        "naive_timestamps",
+        "assumed_tz",
     }
     assert (doc["received"], doc["accepted"], doc["duplicates"], doc["invalid"]) == (9, 4, 2, 3)
+    assert (doc["naive_timestamps"], doc["assumed_tz"]) == (0, "UTC")
 
 
 def test_files_are_read_in_order_and_the_first_copy_wins(

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from logagg.cli.options import DEFAULT_DB, Db, Emit
-from logagg.errors import InputErrors, Interrupted, Rejected, UsageError
+from logagg.cli.output import printable
+from logagg.cli.paths import Reads, RejectsFile, check_outputs, open_rejects
+from logagg.errors import (
+    EmitClosed,
+    InputErrors,
+    Interrupted,
+    LogaggError,
+    OutputClosed,
+    OutputError,
+    Rejected,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from logagg.mapping import Mapping
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 def ingest(
@@ -73,6 +81,14 @@ def ingest(
             "files that appear later), continuing where the last committed line ends.",
         ),
     ] = False,
+    rotate_wait: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            min=0,
+            help="With --follow: a rotated file is read until it has been quiet this long.",
+        ),
+    ] = 5.0,
     emit: Annotated[
         Emit | None,
         typer.Option(
@@ -127,8 +143,9 @@ def ingest(
     time_unit: Annotated[
         str | None,
         typer.Option(
-            metavar="s|ms|us",
-            help="Unit of epoch-number timestamps [default: told by magnitude].",
+            metavar="s|ms|us|ns",
+            help="Unit of epoch-number timestamps [default: told by magnitude, and refused"
+            " when that gives a time before 1980 or after 2099].",
             rich_help_panel="Your logs",
         ),
     ] = None,
@@ -141,6 +158,15 @@ def ingest(
             rich_help_panel="Your logs",
         ),
     ] = None,
+    assume_tz: Annotated[
+        str,
+        typer.Option(
+            metavar="ZONE",
+            help="The zone of timestamps without an offset: an IANA name (Europe/Berlin), UTC,"
+            " or local.",
+            rich_help_panel="Your logs",
+        ),
+    ] = "UTC",
 ) -> None:
     """Read JSON-lines events into the store, dropping duplicates by (topic, event_id)."""
     from logagg.cli.render import Emitter, RejectPrinter, file_progress, print_json, write_report
@@ -148,6 +174,7 @@ def ingest(
     from logagg.pipeline import ingest as run_ingest
     from logagg.sources import Source
     from logagg.store import open_store
+    from logagg.timestamps import zone_named
 
     sources = [Source(p) for p in (paths or ["-"])]
     if sum(s.is_stdin for s in sources) > 1:
@@ -157,6 +184,10 @@ def ingest(
     if follow and any(s.is_stdin for s in sources):
         raise UsageError("--follow reads files: name them (stdin is followed anyway)")
     mapping = _mapping(preset, map_, payload_field, topic, source, id_from_content, time_unit, key)
+    try:
+        zone_named(assume_tz)
+    except ValueError as exc:
+        raise UsageError(f"--assume-tz: {exc}") from None
     options = IngestOptions(
         batch_size=batch_size,
         flush_interval=flush_interval,
@@ -164,12 +195,24 @@ def ingest(
         max_line_bytes=max_line_bytes,
         mapping=mapping,
         follow=follow,
+        rotate_wait=rotate_wait,
+        assume_tz=assume_tz,
     )
     show_progress = (
         not quiet and not follow and sys.stderr.isatty() and not all(s.is_stdin for s in sources)
     )
+    # Nothing is opened for writing before the outputs are known not to be the inputs.
+    reads = Reads(
+        db, tuple(s.path for s in sources if not s.is_stdin), any(s.is_stdin for s in sources)
+    )
+    check_outputs(
+        reads,
+        rejects=None if rejects is None else str(rejects),
+        writes_stdout=emit is not None or json_,
+    )
     stop = threading.Event()
-    with _rejects_file(rejects) as sink:
+    emitter = Emitter(emit, on_failure=stop.set) if emit is not None else None
+    with _rejects_file(rejects, reads, stop) as sink:
         printer = RejectPrinter(show=10, quiet=quiet, sink=sink)
         with (
             open_store(db) as store,
@@ -183,35 +226,71 @@ def ingest(
                 stop=stop,
                 on_reject=printer,
                 on_progress=progress,
-                on_commit=Emitter(emit) if emit is not None else None,
+                on_commit=emitter,
+                on_notice=_notice,
             )
     printer.finish()
     for message in report.source_errors:
-        sys.stderr.write(f"logagg: error: {message}\n")
-    if json_:
-        print_json(report.to_dict())
-    elif not quiet:
-        write_report(report)
+        sys.stderr.write(f"logagg: error: {printable(message)}\n")
+    faults: list[LogaggError] = []
+    for output in (sink, emitter):
+        if output is not None and output.failure is not None:
+            faults.append(output.failure)
+    try:
+        if json_:
+            print_json(report.to_dict())
+        elif not quiet:
+            write_report(report)
+    except OutputError as exc:
+        faults.append(exc)
+    except OutputClosed:
+        pass  # the reader of the --json report has gone: it took what it wanted
+    _finish(faults, caught, report.source_errors, strict and report.invalid > 0)
+
+
+def _finish(
+    faults: list[LogaggError], caught: list[int], input_errors: list[str], rejected: bool
+) -> None:
+    """The exit status of an ingest whose report is printed: a signal's (130 / 143); 1 for
+    an output that could not be written or an input that could not be read; 141 when
+    --emit's stdout was closed before every event was written; 3 under --strict."""
+    errors = [f for f in faults if not isinstance(f, OutputClosed)]
+    for fault in errors[1:]:
+        sys.stderr.write(f"logagg: error: {printable(str(fault))}\n")
     if caught:
+        if errors:
+            sys.stderr.write(f"logagg: error: {printable(str(errors[0]))}\n")
         raise Interrupted(caught[0])
-    if report.source_errors:
+    if errors:
+        raise errors[0]
+    if input_errors:
         raise InputErrors("")
-    if strict and report.invalid:
+    if faults:
+        raise EmitClosed("")
+    if rejected:
         raise Rejected("")
 
 
 @contextlib.contextmanager
-def _rejects_file(path: Path | None) -> Iterator[IO[bytes] | None]:
-    """The `--rejects` file, replaced; created like the store, never world-writable."""
+def _rejects_file(
+    path: Path | None, reads: Reads, stop: threading.Event
+) -> Iterator[RejectsFile | None]:
+    """The `--rejects` file, replaced (see logagg.cli.paths); created like the store, never
+    world-writable. A write error on it stops the reading; it is reported at the end."""
     if path is None:
         yield None
         return
+    sink = open_rejects(str(path), reads, on_failure=stop.set)
     try:
-        sink = os.fdopen(os.open(path, _CREATE, 0o644), "wb")
-    except OSError as exc:
-        raise UsageError(f"--rejects {path}: {exc.strerror}") from None
-    with sink:
         yield sink
+    finally:
+        sink.close()
+
+
+def _notice(message: str, problem: bool) -> None:
+    """A followed file that cannot be read (or can be again), as it happens."""
+    sys.stderr.write(f"logagg: {'error: ' if problem else ''}{printable(message)}\n")
+    sys.stderr.flush()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ only when a table or a progress bar is drawn, so machine output and `--help` sta
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -14,11 +15,13 @@ from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from logagg.cli.options import Emit, Format
-from logagg.errors import OutputClosed
+from logagg.cli.output import printable
+from logagg.errors import LogaggError, OutputClosed, OutputError
 from logagg.units import human_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
     from logagg.models import StoredEvent
     from logagg.pipeline import IngestReport
@@ -42,6 +45,10 @@ class BinaryOut(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
     def flush(self) -> None: ...
+
+
+class BinarySink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
 
 
 def _binary_stdout() -> BinaryOut:
@@ -86,16 +93,29 @@ def write_events(events: Iterable[StoredEvent], fmt: Format) -> int:
             count += 1
         out.write(b"\n]\n" if count else b"]\n")
     else:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        # The data as is, in UTF-8 whatever the locale: a row at a time through a buffer.
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["topic", "event_id", "timestamp", "source", "payload", "extra"])
         for e in events:
             writer.writerow(
                 [e.topic, e.event_id, e.timestamp, e.source, e.payload_json, e.extra_json or ""]
             )
             count += 1
-        sys.stdout.flush()
+            if text.tell() >= 1 << 16:
+                out.write(text.getvalue().encode())
+                text.seek(0)
+                text.truncate()
+        out.write(text.getvalue().encode())
     out.flush()
     return count
+
+
+def _text(value: str) -> Text:
+    """Data in a table cell: shown as text, never read as markup, controls escaped."""
+    from rich.text import Text
+
+    return Text(printable(value))
 
 
 def _events_table(events: list[StoredEvent]) -> int:
@@ -104,11 +124,11 @@ def _events_table(events: list[StoredEvent]) -> int:
     table = Table(show_edge=False, pad_edge=False)
     for name in ("timestamp", "topic", "event_id", "source"):
         # The identifying columns keep their full width; the payload gets what is left.
-        widest = max((len(getattr(e, name)) for e in events), default=len(name))
+        widest = max((len(printable(getattr(e, name))) for e in events), default=len(name))
         table.add_column(name, no_wrap=True, min_width=min(max(widest, len(name)), 40))
     table.add_column("payload", overflow="ellipsis", no_wrap=True, min_width=10)
     for e in events:
-        table.add_row(e.timestamp, e.topic, e.event_id, e.source, e.payload_json)
+        table.add_row(*map(_text, (e.timestamp, e.topic, e.event_id, e.source, e.payload_json)))
     con = console()
     con.print(table)
     if not events:
@@ -131,21 +151,23 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
     summary.add_column(justify="right")
     for label, value in stats.counters.to_dict().items():
         summary.add_row(label, f"{value:,}")
-    summary.add_row("first event", stats.first_timestamp or "-")
-    summary.add_row("last event", stats.last_timestamp or "-")
-    summary.add_row("last ingest", stats.last_ingest_at or "-")
-    summary.add_row("database", f"{stats.database} ({human_bytes(stats.size_bytes)})")
+    summary.add_row("first event", _text(stats.first_timestamp or "-"))
+    summary.add_row("last event", _text(stats.last_timestamp or "-"))
+    summary.add_row("last ingest", _text(stats.last_ingest_at or "-"))
+    summary.add_row("database", _text(f"{stats.database} ({human_bytes(stats.size_bytes)})"))
     con.print(summary)
     if stats.topics:
         topics = Table(show_edge=False, pad_edge=False)
-        widest = max(len(name) for name in stats.topics)
+        widest = max(len(printable(name)) for name in stats.topics)
         topics.add_column("topic", no_wrap=True, min_width=min(max(widest, 5), 40))
         counts = max(len(f"{t.events:,}") for t in stats.topics.values())
         topics.add_column("events", justify="right", no_wrap=True, min_width=max(counts, 6))
         topics.add_column("first", no_wrap=True, min_width=27)
         topics.add_column("last", no_wrap=True, min_width=27)
         for name, t in stats.topics.items():
-            topics.add_row(name, f"{t.events:,}", t.first_timestamp, t.last_timestamp)
+            topics.add_row(
+                _text(name), f"{t.events:,}", _text(t.first_timestamp), _text(t.last_timestamp)
+            )
         con.print()
         con.print(topics)
 
@@ -159,8 +181,21 @@ def write_report(report: IngestReport) -> None:
     con.print(
         f"received {report.received:,}  accepted {report.accepted:,}  "
         f"duplicates {report.duplicates:,}  invalid {report.invalid:,}  "
-        f"in {report.elapsed_seconds:.2f} s ({report.events_per_second:,.0f} events/s)"
+        f"in {report.elapsed_seconds:.2f} s ({report.events_per_second:,.0f} events/s)",
+        markup=False,
     )
+    times = report.times
+    if times.naive:
+        twice = (
+            f"; {times.ambiguous:,} happen twice there (a daylight-saving change): the earlier"
+            " was taken"
+            if times.ambiguous
+            else ""
+        )
+        con.print(
+            f"{times.naive:,} timestamps had no offset: taken as {times.name} (--assume-tz){twice}",
+            markup=False,
+        )
 
 
 def write_check(result: CheckResult, as_json: bool) -> None:
@@ -174,16 +209,17 @@ def write_check(result: CheckResult, as_json: bool) -> None:
             f"ok: {facts['rows']:,} events, counters consistent "
             f"(received {facts['received']:,} = {facts['unique_processed']:,} unique"
             f" + {facts['duplicate_dropped']:,} duplicate + {facts['invalid']:,} invalid),"
-            f" integrity {facts['integrity']}, schema version {facts['schema_version']}"
+            f" integrity {facts['integrity']}, schema version {facts['schema_version']}",
+            markup=False,
         )
     for problem in result.problems:
-        con.print(f"problem: {problem}", markup=False)
+        con.print(f"problem: {printable(problem)}", markup=False)
 
 
 class RejectPrinter:
     """Prints the first `show` rejects as `FILE:LINE: reason` on stderr, counts the rest."""
 
-    def __init__(self, show: int, quiet: bool, sink: IO[bytes] | None) -> None:
+    def __init__(self, show: int, quiet: bool, sink: BinarySink | None) -> None:
         self.show = show
         self.quiet = quiet
         self.sink = sink
@@ -192,7 +228,7 @@ class RejectPrinter:
     def __call__(self, reject: Any) -> None:
         self.count += 1
         if not self.quiet and self.count <= self.show:
-            sys.stderr.write(f"{reject.location()}: {reject.reason}\n")
+            sys.stderr.write(f"{printable(reject.location())}: {printable(reject.reason)}\n")
         if self.sink is not None:
             self.sink.write(json.dumps(reject.to_dict(), ensure_ascii=False).encode() + b"\n")
 
@@ -207,21 +243,32 @@ class Emitter:
     """After each commit, writes the events it stored (`new`) or dropped (`duplicates`).
 
     JSON lines in the stored form on stdout, in input order, flushed per commit: nothing
-    is written before it is committed.
+    is written before it is committed. When stdout cannot be written (its reader has gone,
+    or a full disk) the failure is kept in `failure`, `on_failure` is called once (the
+    ingest stops reading; what was read is still committed) and nothing more is written.
     """
 
-    def __init__(self, what: Emit) -> None:
+    def __init__(self, what: Emit, on_failure: Callable[[], None] | None = None) -> None:
         self.what = what
         self.out = _binary_stdout()
+        self.on_failure = on_failure
+        self.failure: LogaggError | None = None
 
     def __call__(self, result: BatchResult) -> None:
         events = result.new if self.what is Emit.new else result.dropped
+        if not events or self.failure is not None:
+            return
         try:
-            if events:
-                self.out.write(b"\n".join(e.to_json_bytes() for e in events) + b"\n")
-                self.out.flush()
+            self.out.write(b"\n".join(e.to_json_bytes() for e in events) + b"\n")
+            self.out.flush()
+        except (OutputClosed, OutputError) as exc:
+            self.failure = exc
         except BrokenPipeError:
-            raise OutputClosed("stdout was closed; what was read so far is committed") from None
+            self.failure = OutputClosed("")
+        except OSError as exc:
+            self.failure = OutputError(f"stdout: {exc.strerror or exc}")
+        if self.failure is not None and self.on_failure is not None:
+            self.on_failure()
 
 
 @contextmanager
@@ -239,6 +286,7 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None
         BarColumn,
         DownloadColumn,
         Progress,
+        TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
@@ -246,7 +294,7 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None
     tasks: dict[str, Any] = {}
     started = time.monotonic()
     with Progress(
-        "{task.description}",
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -258,7 +306,7 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None
 
         def update(source: Any, position: int, size: int, lines: int) -> None:
             if source.name not in tasks:
-                tasks[source.name] = bar.add_task(source.name, total=size, rate="")
+                tasks[source.name] = bar.add_task(printable(source.name), total=size, rate="")
             rate = lines / max(time.monotonic() - started, 1e-3)
             bar.update(tasks[source.name], completed=position, rate=f"{rate:,.0f} lines/s")
 

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import pydantic_core
 from fastapi import HTTPException
 from pydantic import BaseModel, Field, ValidationError
 
-from logagg.models import EVENT, Row, describe, json_type, validate_event
+from logagg.models import EVENT, Row, describe, json_type, parse_json, validate_event
 from logagg.store import BatchResult
 
 
@@ -111,9 +110,10 @@ class Parsed:
 def parse_body(body: bytes) -> Parsed:
     """Decode a publish body and validate each event; raises HTTPException(422) if unreadable."""
     try:
-        doc = pydantic_core.from_json(body, allow_inf_nan=False)
+        doc = parse_json(body)
     except ValueError as exc:
-        raise HTTPException(422, f"the body is not valid JSON: {exc}") from None
+        reason = str(exc).removeprefix("invalid JSON: ")
+        raise HTTPException(422, f"the body is not valid JSON: {reason}") from None
     single = False
     if isinstance(doc, dict) and "events" in doc and "topic" not in doc:
         events = doc["events"]
