@@ -189,19 +189,34 @@ def test_rejects_symlink_to_a_fifo_is_allowed(tmp_path: Path) -> None:
     link = tmp_path / "rejects.jsonl"
     link.symlink_to(fifo)
     received: list[bytes] = []
+    read_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader is there before logagg
+    os.set_blocking(read_end, True)
+    held = os.open(fifo, os.O_WRONLY)  # and a writer, so the reader sees no end before logagg's
 
     def drain() -> None:
-        with open(fifo, "rb") as f:
+        with open(read_end, "rb") as f:
             received.append(f.read())
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     proc = run_logagg("ingest", "--db", db, "--rejects", link, data, timeout=60)
+    os.close(held)
     reader.join(timeout=30)
     assert proc.returncode == 0, proc.stderr.decode()
     assert not reader.is_alive()
     [doc] = [json.loads(line) for line in received[0].splitlines()]
     assert doc["raw"] == BAD and doc["line"] == 2
+
+
+def test_rejects_to_a_fifo_nothing_reads_is_a_usage_error_not_a_hang(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    data = write_jsonl(tmp_path / "in.jsonl", [event(1), BAD])
+    fifo = tmp_path / "rejects.fifo"
+    os.mkfifo(fifo)
+    proc = run_logagg("ingest", "--db", db, "--rejects", fifo, data, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == f"logagg: error: --rejects {fifo}: a FIFO that nothing reads\n"
+    assert not db.exists()
 
 
 def test_rejects_to_dev_stderr_appends_to_the_file_stderr_is(tmp_path: Path) -> None:

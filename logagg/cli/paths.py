@@ -213,14 +213,15 @@ def _open_rejects(path: str) -> int:
             fd = os.dup(own)
             os.set_inheritable(fd, False)
             return fd
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO without a reader is an error at once, never a hang.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            return os.open(path, flags, 0o644)
+            return _blocking(os.open(path, flags, 0o644))
         except OSError as exc:
             if exc.errno != errno.ELOOP or not os.path.islink(path):
                 raise
         # A symlink: followed only to a device, a FIFO or a socket (never created).
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = _blocking(os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK))
         if stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise UsageError(
@@ -232,4 +233,11 @@ def _open_rejects(path: str) -> int:
             raise UsageError(f"--rejects {path}: is a symbolic link to nothing") from None
         raise UsageError(f"--rejects {path}: No such file or directory") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise UsageError(f"--rejects {path}: a FIFO that nothing reads") from None
         raise UsageError(f"--rejects {path}: {exc.strerror or exc}") from None
+
+
+def _blocking(fd: int) -> int:
+    os.set_blocking(fd, True)
+    return fd
