@@ -11,7 +11,6 @@ import pytest
 from conftest import check_store, event, run_logagg, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg import PgServer, fresh_database
 
 from logagg.models import decode_lines
 from logagg.store import EventQuery, open_store
@@ -21,8 +20,7 @@ from logagg.store import EventQuery, open_store
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new store on each backend."""
     if request.param == "postgres":
-        server: PgServer = request.getfixturevalue("pg_server")
-        return fresh_database(server)
+        return str(request.getfixturevalue("pg_url"))
     return str(tmp_path / "store.db")
 
 
@@ -84,7 +82,7 @@ def test_any_accepted_key_comes_back_byte_identical(
 ) -> None:
     """Whatever (topic, event_id, source) is accepted is returned with the same bytes."""
     if backend == "postgres":
-        url = fresh_database(request.getfixturevalue("pg_server"))
+        url = str(request.getfixturevalue("pg_url"))
     counter = iter(range(10**6))
     first_source: dict[tuple[str, str], str] = {}  # of the key, in the store of the example
 

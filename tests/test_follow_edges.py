@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from conftest import check_store, event, logagg_cmd
-from pg import PgServer, fresh_database, pg_server  # noqa: F401
 
 from logagg.models import Checkpoint, encode_rows, event_from_fields
 
@@ -310,15 +309,13 @@ def test_a_version_2_store_is_migrated_on_open_and_following_continues(
     check_store(db)
 
 
-def test_a_version_1_postgres_store_is_migrated_and_keeps_fingerprints(
-    pg_server: PgServer,  # noqa: F811
-) -> None:
+def test_a_version_1_postgres_store_is_migrated_and_keeps_fingerprints(pg_url: str) -> None:
     import psycopg
 
     from logagg.store import postgres as pgstore
     from logagg.store.postgres import PostgresStore
 
-    url = fresh_database(pg_server)
+    url = pg_url
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(pgstore.MIGRATIONS[0])  # type: ignore[arg-type]
         conn.execute("INSERT INTO logagg_meta VALUES ('schema_version', '1')")
