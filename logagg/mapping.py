@@ -16,9 +16,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
-from logagg.models import LosslessFloat, Mapped, Mapper, json_type
+from logagg.models import LosslessFloat, Mapped, Mapper, dump_json, json_type
 from logagg.timestamps import TIME_UNITS, TimeUnit, epoch_to_utc, utc_now
 
 __all__ = [
@@ -167,26 +165,9 @@ def _canonical(obj: Any) -> bytes:
     """The line's canonical JSON: keys sorted at every level, no whitespace, numbers as
     written."""
     try:
-        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS, default=_as_written)
-    except TypeError:  # an integer beyond 64 bits
-        return orjson.dumps(_big_ints(obj), option=orjson.OPT_SORT_KEYS, default=_as_written)
-
-
-def _as_written(value: Any) -> Any:
-    if type(value) is LosslessFloat:
-        return orjson.Fragment(bytes(value))
-    raise TypeError
-
-
-def _big_ints(value: Any) -> Any:
-    kind = type(value)
-    if kind is int and not -(2**63) <= value < 2**64:
-        return orjson.Fragment(str(value))
-    if kind is dict:
-        return {k: _big_ints(v) for k, v in value.items()}
-    if kind is list:
-        return [_big_ints(v) for v in value]
-    return value
+        return dump_json(obj, sort_keys=True)
+    except ValueError as exc:
+        raise MappingError(str(exc)) from None
 
 
 def content_id(obj: Any, occurrence: int = 1) -> str:

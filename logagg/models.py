@@ -147,16 +147,24 @@ def encode_json(value: Any) -> str:
     Raises ValueError for NaN and infinities (not JSON: orjson would write them as null)
     and for text that is not valid Unicode (a lone surrogate).
     """
-    try:
-        text = orjson.dumps(value, default=_as_written)
-    except TypeError:
-        try:
-            text = orjson.dumps(_exact(value), default=_as_written)
-        except TypeError as exc:
-            raise ValueError(f"cannot be stored exactly: {exc}") from None
+    text = dump_json(value)
     if b"null" in text and _has_non_finite(value):
         raise ValueError(NOT_FINITE)
     return text.decode()
+
+
+def dump_json(value: Any, *, sort_keys: bool = False) -> bytes:
+    """Compact JSON bytes, every number as it was written (`sort_keys`: at every level).
+
+    Raises ValueError for what JSON cannot hold exactly (a lone surrogate)."""
+    option = orjson.OPT_SORT_KEYS if sort_keys else None
+    try:
+        return orjson.dumps(value, default=_as_written, option=option)
+    except TypeError:
+        try:
+            return orjson.dumps(_exact(value), default=_as_written, option=option)
+        except TypeError as exc:
+            raise ValueError(f"cannot be stored exactly: {exc}") from None
 
 
 def _as_written(value: Any) -> Any:
