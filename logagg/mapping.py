@@ -9,14 +9,13 @@ Nothing here reads files, touches a store or prints. The rules are in the README
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from logagg.models import LosslessFloat, Mapped, Mapper, dump_json, json_type
+from logagg.identity import OCCURRENCE_WINDOW, Occurrences, content_id, keyed_id
+from logagg.models import LosslessFloat, Mapped, Mapper, json_type
 from logagg.timestamps import TIME_UNITS, TimeUnit, epoch_to_utc, utc_now
 
 __all__ = [
@@ -39,8 +38,6 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("source", "id"),
     ("source", "event_id"),
 )
-CONTENT_ID_LENGTH = 32
-OCCURRENCE_WINDOW = 10_000  # lines within which identical lines are counted as occurrences
 
 _MISSING: Any = object()
 _CE_REQUIRED = ("specversion", "id", "source", "type")
@@ -159,58 +156,6 @@ def _timestamp(value: Any, unit: TimeUnit | None, path: str) -> str:
         f"timestamp: field '{path}' is {json_type(value)}, expected an RFC 3339 string or "
         "an epoch number"
     )
-
-
-def _canonical(obj: Any) -> bytes:
-    """The line's canonical JSON: keys sorted at every level, no whitespace, numbers as
-    written."""
-    try:
-        return dump_json(obj, sort_keys=True)
-    except ValueError as exc:
-        raise MappingError(str(exc)) from None
-
-
-def content_id(obj: Any, occurrence: int = 1) -> str:
-    """A stable id of a decoded line: SHA-256 of its canonical JSON, first 32 hex digits.
-
-    Key order and spacing of the line do not change it. The k-th identical line of an
-    input (`occurrence` k > 1) hashes `#k` after the content, so it is another event.
-    """
-    canonical = _canonical(obj)
-    if occurrence > 1:
-        canonical += b"#%d" % occurrence
-    return hashlib.sha256(canonical).hexdigest()[:CONTENT_ID_LENGTH]
-
-
-def keyed_id(source: str, event_id: str) -> str:
-    """The event_id under the `(source, id)` key: the source with `%` and space escaped
-    (`%25`, `%20`), a space, the id; two different pairs never give the same text."""
-    return f"{source.replace('%', '%25').replace(' ', '%20')} {event_id}"
-
-
-class Occurrences:
-    """Counts identical lines of one input, over the last `window` lines: the k-th copy of
-    a line seen within `window` lines of the previous copy is occurrence k. Memory is
-    bounded by the window."""
-
-    def __init__(self, window: int = OCCURRENCE_WINDOW) -> None:
-        self.window = window
-        self._lines = 0
-        self._seen: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # count, last line
-
-    def count(self, canonical: bytes) -> int:
-        self._lines += 1
-        horizon = self._lines - self.window
-        seen = self._seen
-        while seen:
-            oldest = next(iter(seen.values()))
-            if oldest[1] > horizon:
-                break
-            seen.popitem(last=False)
-        digest = hashlib.blake2b(canonical, digest_size=16).digest()
-        count = seen.pop(digest, (0, 0))[0] + 1
-        seen[digest] = (count, self._lines)
-        return count
 
 
 # --- the mapping -----------------------------------------------------------------------
@@ -382,11 +327,10 @@ class Mapping:
                     f"missing event_id: the line has no '{i_text}' (an id from the content "
                     "can be used instead)"
                 )
-            canonical = _canonical(obj)
-            k = occurrences.count(canonical) if occurrences is not None else 1
-            if k > 1:
-                canonical += b"#%d" % k
-            event_id = hashlib.sha256(canonical).hexdigest()[:CONTENT_ID_LENGTH]
+            try:
+                event_id = occurrences.content_id(obj) if occurrences else content_id(obj)
+            except ValueError as exc:
+                raise MappingError(str(exc)) from None
         if self.key[0] == "source":
             event_id = keyed_id(source, event_id)
         value, ts_text, ts_used = _first(obj, ts_paths)
