@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from logagg import otlp
 from logagg.identity import OCCURRENCE_WINDOW, Occurrences, content_id, keyed_id
 from logagg.models import LosslessFloat, Mapped, Mapper, json_type
 from logagg.timestamps import TIME_UNITS, TimeUnit, epoch_to_utc, utc_now
@@ -170,10 +171,11 @@ class Mapping:
     own name (presets say every field they read instead); `payload_field`: path of the
     payload (None: the rest of the object); `topic`, `source`: constants where the line has
     none; `id_from_content`: hash the line when it has no id; `time_unit`: unit of epoch
-    times (None: by magnitude); `cloudevents`: read CloudEvents 1.0 JSON;
-    `detect_cloudevents`: read lines that look like CloudEvents as such (default: when no
-    field mapping is given); `key`: `("topic", "event_id")`, or `("source", "id")` to
-    store event_id as `keyed_id(source, id)`.
+    times (None: by magnitude); `cloudevents`: read CloudEvents 1.0 JSON; `otlp`: read
+    OpenTelemetry log export requests (one event per record); `detect_cloudevents`: read
+    lines that look like CloudEvents as such (default: when no field mapping is given);
+    `key`: `("topic", "event_id")`, or `("source", "id")` to store event_id as
+    `keyed_id(source, id)`.
     """
 
     fields: dict[str, str] = field(default_factory=dict)
@@ -183,6 +185,7 @@ class Mapping:
     id_from_content: bool = False
     time_unit: TimeUnit | None = None
     cloudevents: bool = False
+    otlp: bool = False
     key: tuple[str, str] = ("topic", "event_id")
     own_names: bool = True
     detect_cloudevents: bool | None = None
@@ -204,8 +207,11 @@ class Mapping:
         for name in ("topic", "source"):
             if getattr(self, name) == "":
                 raise ValueError(f"the constant {name} must not be empty")
-        if self.cloudevents and (self.fields or self.payload_field):
-            raise ValueError("CloudEvents have a fixed mapping: no field mapping or payload field")
+        if (self.cloudevents or self.otlp) and (self.fields or self.payload_field):
+            raise ValueError(
+                "CloudEvents and OpenTelemetry have a fixed mapping: no field mapping or"
+                " payload field"
+            )
         paths = tuple(
             _parse_paths(self.fields[t])
             if t in self.fields
@@ -219,7 +225,7 @@ class Mapping:
             payload = (self.payload_field, parse_path(self.payload_field))
         detect = self.detect_cloudevents
         if detect is None:
-            detect = not (self.cloudevents or self.fields or self.payload_field)
+            detect = not (self.cloudevents or self.otlp or self.fields or self.payload_field)
         object.__setattr__(self, "fields", dict(self.fields))
         object.__setattr__(self, "key", tuple(self.key))
         object.__setattr__(self, "detect_cloudevents", detect)
@@ -278,9 +284,14 @@ class Mapping:
         """The events of one decoded line, or for each the reason it cannot be one.
 
         One event per line, except a CloudEvents batch (a JSON array), which gives one per
-        element. `now` is the timestamp of a CloudEvent without `time` (default: current
-        UTC time).
+        element, and an OpenTelemetry request, one per log record. `now` is the timestamp
+        of a CloudEvent without `time` (default: current UTC time).
         """
+        if self.otlp:
+            try:
+                return otlp.events(obj, source=self.source, occurrences=occurrences)
+            except otlp.OtlpError as exc:
+                return [exc]
         kind = type(obj)
         ce = self.cloudevents or (
             self.detect_cloudevents
@@ -464,6 +475,7 @@ PRESETS: dict[str, Mapping] = {
         own_names=False,
         detect_cloudevents=False,
     ),
+    "otlp": Mapping(otlp=True, detect_cloudevents=False),
     "gelf": Mapping(
         fields={"timestamp": "timestamp", "source": "host"},
         topic="gelf",

@@ -286,7 +286,7 @@ def decode_lines(
         except ValueError as exc:
             rejects.append(Reject(source, line, str(exc), raw_text(raw)))
             continue
-        batch = type(obj) is list
+        batch = type(obj) is list or len(mapped) != 1
         for index, event in enumerate(mapped, 1):
             try:
                 if isinstance(event, ValueError):
@@ -295,8 +295,9 @@ def decode_lines(
             except (ValidationError, ValueError) as exc:
                 reason = describe(exc) if isinstance(exc, ValidationError) else str(exc)
                 if batch:
-                    item = raw_text(encode_json(obj[index - 1]).encode())
-                    rejects.append(Reject(source, line, reason, item, index))
+                    item = obj[index - 1] if type(obj) is list else None
+                    shown = raw_text(encode_json(item).encode()) if item else raw_text(raw)
+                    rejects.append(Reject(source, line, reason, shown, index))
                 else:
                     rejects.append(Reject(source, line, reason, raw_text(raw)))
     return rows, rejects
