@@ -36,7 +36,11 @@ from logagg.store import BatchResult, Store
 from logagg.timestamps import NaiveTimes, reading_times, zone_named
 
 PUT_POLL_SECONDS = 0.1
+RETRY_FIRST_SECONDS = 0.1  # a writer that heals waits this long before its first retry,
+RETRY_MAX_SECONDS = 5.0  # doubling up to this
 OnCommit = Callable[[BatchResult], None]  # runs in the writer after each commit
+OnHealth = Callable[[str | None], None]  # the writer cannot write (why), or can again (None)
+OnTiming = Callable[[float], None]  # seconds one commit took, successful ones only
 CLOUDEVENTS = PRESETS["cloudevents"]  # lines with "specversion" are read as CloudEvents
 
 
@@ -52,6 +56,7 @@ class IngestOptions:
     follow: bool = False  # read files as they grow, with checkpoints, until stopped
     rotate_wait: float = ROTATE_WAIT_SECONDS  # a rotated file is read until quiet this long
     assume_tz: str = "UTC"  # the zone of times without an offset: an IANA name or "local"
+    commit_when_idle: bool = False  # commit at once when nothing else is queued (a server)
 
 
 @dataclass(slots=True)
@@ -115,6 +120,26 @@ class _Batch:
 _END = _Batch([], 0)
 
 
+class WriterDown(StoreError):
+    """The writer cannot write now and is retrying; nothing new is taken meanwhile.
+
+    `retry_after`: seconds until its next attempt."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Healing:
+    """How a writer survives a failed commit: roll back, keep what is pending, reopen the
+    store with `reopen` after a backoff, and commit it again. Without it a failed commit
+    stops the writer (and the run)."""
+
+    reopen: Callable[[], Store]
+    on_health: OnHealth | None = None
+
+
 class _Consumer(threading.Thread):
     """The single writer: batches from the queue into store transactions."""
 
@@ -126,9 +151,18 @@ class _Consumer(threading.Thread):
         report: IngestReport,
         stop: threading.Event,
         on_commit: OnCommit | None = None,
+        healing: Healing | None = None,
+        on_timing: OnTiming | None = None,
     ) -> None:
         super().__init__(name="logagg-consumer", daemon=True)
         self.on_commit = on_commit
+        self.healing = healing
+        self.on_timing = on_timing
+        self.down: str | None = None  # why the last commit failed, while healing
+        self.retry_at = 0.0  # monotonic time of the next attempt, while healing
+        self.closing = threading.Event()  # set by Writer.finish: heal no longer than once
+        self._backoff = RETRY_FIRST_SECONDS
+        self._last_try = False  # closing: a failed commit is no longer retried
         self.store = store
         self.inbox = inbox
         self.options = options
@@ -177,8 +211,10 @@ class _Consumer(threading.Thread):
                     self._checkpoints[batch.checkpoint.path] = batch.checkpoint
                 if self._deadline is None and (self._pending or self._invalid or self._checkpoints):
                     self._deadline = time.monotonic() + interval
-            if self._count >= size or (
-                self._deadline is not None and time.monotonic() >= self._deadline
+            if (
+                self._count >= size
+                or (self._deadline is not None and time.monotonic() >= self._deadline)
+                or (self.options.commit_when_idle and batch is not None and self.inbox.empty())
             ):
                 self._commit()
 
@@ -186,12 +222,7 @@ class _Consumer(threading.Thread):
         """Write what is pending in one transaction, then acknowledge what it held."""
         if not self._pending and not self._invalid and not self._checkpoints:
             return
-        result = self.store.write_rows(
-            self._pending,
-            self._invalid,
-            new_events=self.on_commit is not None,
-            checkpoints=list(self._checkpoints.values()),
-        )
+        result = self._write()
         self._checkpoints = {}
         if self.on_commit is not None:
             self.on_commit(result)
@@ -207,6 +238,55 @@ class _Consumer(threading.Thread):
         r.duplicates += result.duplicates
         r.invalid += result.invalid
         r.received += result.accepted + result.duplicates + result.invalid
+
+    def _write(self) -> BatchResult:
+        """One transaction of what is pending; with `healing`, until it commits."""
+        while True:
+            began = time.perf_counter()
+            try:
+                result = self.store.write_rows(
+                    self._pending,
+                    self._invalid,
+                    new_events=self.on_commit is not None,
+                    checkpoints=list(self._checkpoints.values()),
+                )
+            except StoreError as exc:
+                if self.healing is None or self._last_try:
+                    raise
+                self._heal(exc, self.healing)
+                continue
+            if self.on_timing is not None:
+                self.on_timing(time.perf_counter() - began)
+            if self.down is not None:
+                self._health(None)
+            self._backoff = RETRY_FIRST_SECONDS
+            return result
+
+    def _heal(self, exc: StoreError, healing: Healing) -> None:
+        """After a failed commit (rolled back by the store): close the store, wait, reopen
+        it, waiting twice as long after each failure. Once closing, one last attempt only;
+        its failure is raised."""
+        self._health(str(exc))
+        while True:
+            with contextlib.suppress(Exception):
+                self.store.close()
+            last = self._last_try = self.closing.is_set()
+            self.retry_at = time.monotonic() + self._backoff
+            if not last:
+                self.closing.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, RETRY_MAX_SECONDS)
+            try:
+                self.store = healing.reopen()
+                return
+            except StoreError as again:
+                if last:
+                    raise
+                self._health(str(again))
+
+    def _health(self, reason: str | None) -> None:
+        self.down = reason
+        if self.healing is not None and self.healing.on_health is not None:
+            self.healing.on_health(reason)
 
     def _fail(self, exc: BaseException) -> None:
         """Fail every batch still waiting for a commit, queued or pending."""
@@ -231,6 +311,11 @@ class Writer:
     future that resolves once they are committed (a durable acknowledgement), with their
     own counts. `stop` is set when the writer fails, so that a reader stops too. Other
     processes may write the store at the same time.
+
+    With `healing`, a failed commit does not stop the writer: it keeps what is pending,
+    reopens the store with a backoff and commits it once the store can be written again;
+    meanwhile `down` says why, and `put` / `submit` raise WriterDown at once.
+    `on_timing(seconds)` is told how long each commit took.
     """
 
     def __init__(
@@ -240,13 +325,22 @@ class Writer:
         *,
         on_commit: OnCommit | None = None,
         stop: threading.Event | None = None,
+        healing: Healing | None = None,
+        on_timing: OnTiming | None = None,
     ) -> None:
         self.options = options or IngestOptions()
         self.report = IngestReport()
         self.stop = stop or threading.Event()
         self._inbox: queue.Queue[_Batch] = queue.Queue(maxsize=self.options.queue_size)
         self._consumer = _Consumer(
-            store, self._inbox, self.options, self.report, self.stop, on_commit
+            store,
+            self._inbox,
+            self.options,
+            self.report,
+            self.stop,
+            on_commit,
+            healing,
+            on_timing,
         )
 
     def start(self) -> Writer:
@@ -261,6 +355,24 @@ class Writer:
     def queue_size(self) -> int:
         """Batches waiting in the queue now."""
         return self._inbox.qsize()
+
+    @property
+    def store(self) -> Store:
+        """The store the writer writes now (a healing writer replaces the one it was given,
+        which it closes): the caller closes this one after `finish`."""
+        return self._consumer.store
+
+    @property
+    def down(self) -> str | None:
+        """Why the writer cannot write now (it is retrying), or None."""
+        return self._consumer.down if self._consumer.is_alive() else None
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a writer that is down tries again (0 when it is up)."""
+        if self.down is None:
+            return 0.0
+        return max(0.0, self._consumer.retry_at - time.monotonic())
 
     def submit(
         self, rows: Sequence[Row], invalid: int = 0, timeout: float | None = None
@@ -281,12 +393,16 @@ class Writer:
 
     def put(self, batch: _Batch, timeout: float | None = None) -> None:
         """Queue a batch, waiting for room while the writer runs; raises queue.Full after
-        `timeout`, and the writer's error once it has stopped (nothing waits on a dead one)."""
+        `timeout`, WriterDown while the writer cannot write, and the writer's error once it
+        has stopped (nothing waits on a dead one)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if not self._consumer.is_alive():
                 self.raise_error()
                 raise StoreError("the writer is not running")
+            down = self._consumer.down
+            if down is not None and batch is not _END:
+                raise WriterDown(down, self.retry_after)
             wait = PUT_POLL_SECONDS
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -301,6 +417,7 @@ class Writer:
     def finish(self) -> None:
         """Commit what is queued and stop the writer (its error, if any, is kept)."""
         if self._consumer.is_alive():
+            self._consumer.closing.set()  # a writer that is down tries once more, no longer
             with contextlib.suppress(StoreError):
                 self.put(_END)
             self._consumer.join()

@@ -31,16 +31,23 @@ HTTP_TIMEOUT = 30.0
 
 
 class _Client:
-    """Requests to a running server."""
+    """Requests to a running server (with `token`, if set, as a bearer token)."""
 
     http: httpx.Client | None = None
+    token: str | None = None
+    url: str
 
-    def post(self, body: Any) -> httpx.Response:
-        """POST /publish with `body` as JSON, or as raw bytes when it is bytes."""
+    def _open_http(self) -> None:
+        headers = {} if self.token is None else {"authorization": f"Bearer {self.token}"}
+        self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT, headers=headers)
+
+    def post(self, body: Any, **headers: str) -> httpx.Response:
+        """POST /publish with `body` as JSON, or as raw bytes (sent as JSON) when it is bytes."""
         assert self.http is not None
         if isinstance(body, bytes):
-            return self.http.post("/publish", content=body)
-        return self.http.post("/publish", json=body)
+            sent = {"content-type": "application/json", **headers}
+            return self.http.post("/publish", content=body, headers=sent)
+        return self.http.post("/publish", json=body, headers=headers)
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         assert self.http is not None
@@ -64,6 +71,7 @@ class AppServer(_Client):
     def __init__(self, db: Path | str, **options: Any) -> None:
         self.db = db
         self.options = options
+        self.token = options.get("token")
         self.app: FastAPI | None = None
         self.port = 0
         self._server: uvicorn.Server | None = None
@@ -91,7 +99,7 @@ class AppServer(_Client):
         thread.start()
         wait_until(lambda: server.started or not thread.is_alive(), WAIT, "the server to start")
         assert server.started, "the server thread ended before it started"
-        self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT)
+        self._open_http()
         return self
 
     def stop(self) -> None:
@@ -114,16 +122,27 @@ class ServeProcess(_Client):
     """A `logagg serve` process on one store; `restart` keeps the store and the port.
 
     `by_env`: the store, port and log level come from LOGAGG_DB, PORT and LOG_LEVEL
-    instead of options. Its stdout and stderr go to `log`.
+    instead of options. `args` are further options, `env` further environment variables;
+    `token` is sent as a bearer token. Its stdout and stderr go to `log`.
     """
 
     def __init__(
-        self, db: Path | str, log: Path, log_level: str = "warning", by_env: bool = False
+        self,
+        db: Path | str,
+        log: Path,
+        log_level: str = "warning",
+        by_env: bool = False,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.db = db
         self.log = log
         self.log_level = log_level
         self.by_env = by_env
+        self.args = args
+        self.env = env or {}
+        self.token = token
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -139,15 +158,16 @@ class ServeProcess(_Client):
                 "LOG_LEVEL": self.log_level,
             }
             args = ["--db", self.db, "--port", str(self.port), "--log-level", self.log_level]
+            environ = {**os.environ, **(settings if self.by_env else {}), **self.env}
             with open(self.log, "ab") as out:
                 self.proc = subprocess.Popen(
-                    logagg_cmd("serve", *([] if self.by_env else args)),
+                    logagg_cmd("serve", *([] if self.by_env else args), *self.args),
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, **settings} if self.by_env else None,
+                    env=environ,
                 )
             if self._ready():
-                self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT)
+                self._open_http()
                 return self
             self.port = free_port()
         raise AssertionError(f"the server did not start:\n{self.log.read_text()}")

@@ -12,6 +12,8 @@ import uvicorn
 from logagg import __version__
 from logagg.errors import LogaggError, UsageError
 from logagg.http.app import create_app
+from logagg.http.security import is_loopback
+from logagg.http.service import store_label
 from logagg.store import open_store
 
 __all__ = ["create_app", "run"]
@@ -48,23 +50,41 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(db: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:
+def run(
+    db: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    *,
+    token: str | None = None,
+    insecure: bool = False,
+) -> None:
     """Serve the API until SIGINT or SIGTERM; what is queued is committed before it returns.
 
-    Raises UsageError for an unknown log level, StoreError when the store cannot be opened
-    and LogaggError when host:port cannot be bound or the server fails to start.
+    Listening beyond loopback needs a `token` (or `insecure`). Raises UsageError for an
+    unknown log level or a non-loopback address without a token, StoreError when the store
+    cannot be opened and LogaggError when host:port cannot be bound or the server fails to
+    start.
     """
     level = log_level.lower()
     if level not in LOG_LEVELS:
         raise UsageError(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-    open_store(db).close()  # a bad store is one line of error before anything listens
     try:
         sock = _listen(host, port)
     except OSError as exc:
         raise LogaggError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
+        address = sock.getsockname()[0]
+        beyond = not is_loopback(address)
+        if beyond and token is None and not insecure:
+            raise UsageError(
+                f"--host {host} listens beyond this machine and no token is set: anyone who"
+                " reaches it could read and write the store. Set a token (--token-file PATH"
+                " or LOGAGG_TOKEN), or give --insecure to serve without one"
+            )
+        open_store(db).close()  # a bad store is one line of error before anything listens
         config = uvicorn.Config(
-            create_app(db),
+            create_app(db, token=token, insecure=insecure),
             host=host,
             port=port,
             log_level=level,
@@ -74,8 +94,19 @@ def run(db: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "in
         )
         shown = f"[{host}]" if ":" in host else host
         logger.info(
-            "logagg %s serving %s on http://%s:%d (docs: /docs)", __version__, db, shown, port
+            "logagg %s serving %s on http://%s:%d (docs: /docs; %s)",
+            __version__,
+            store_label(db),
+            shown,
+            port,
+            "token required on every route but /health" if token else "no token",
         )
+        if beyond and token is None:
+            logger.warning(
+                "--insecure: listening on %s without a token: anyone who can reach this address"
+                " can read and write the store (IP addresses are served as Host, names are not)",
+                shown,
+            )
         server = uvicorn.Server(config)
         try:
             server.run(sockets=[sock])

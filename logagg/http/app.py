@@ -1,7 +1,9 @@
 """The HTTP API: routes over the service, errors as JSON.
 
-Endpoints: `POST /publish`, `GET /events`, `GET /stats`, `GET /health`; OpenAPI docs at
-`/docs`. Behaviour is documented in the README ("serve: the HTTP API").
+Endpoints: `GET /` (what this service is), `POST /publish`, `GET /events`, `GET /stats`,
+`GET /health`, `GET /metrics`; OpenAPI docs at `/docs`. Every request passes the metrics,
+the error boundary and the access rules (security.Guard) first. Behaviour is documented
+in the README ("serve: the HTTP API").
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logagg import __version__
 from logagg.errors import StoreError
+from logagg.http.body import CLOUDEVENTS_TYPES, NotEvents, publish_document
+from logagg.http.metrics import CONTENT_TYPE, RequestMetrics
 from logagg.http.schemas import (
     _PUBLISH_BODY,
     EventsPage,
@@ -28,11 +33,12 @@ from logagg.http.schemas import (
     Problem,
     PublishError,
     PublishResult,
+    ServiceInfo,
     Stats,
-    publish_document,
 )
+from logagg.http.security import Access, Guard
 from logagg.http.service import QUEUE_TIMEOUT_SECONDS, SERVE_OPTIONS, Service, committed
-from logagg.pipeline import IngestOptions
+from logagg.pipeline import IngestOptions, WriterDown
 from logagg.store import BadTime, BatchResult, EventQuery
 from logagg.timestamps import utc_now
 
@@ -41,25 +47,63 @@ logger = logging.getLogger("logagg.serve")
 RETRY_AFTER_SECONDS = 1
 MAX_BODY_BYTES = 8 << 20  # with SERVE_OPTIONS.queue_size: the memory bound of the queue
 EVENTS_LIMIT_MAX = 1000
+ENDPOINTS = {
+    "POST /publish": "store one event, {'events': [...]} or an array (CloudEvents too)",
+    "GET /events": "stored events: topic, source, since, until, limit, order",
+    "GET /stats": "counters and topics of the store",
+    "GET /health": "whether the writer can write (no token needed)",
+    "GET /metrics": "metrics in the Prometheus text format",
+    "GET /docs": "interactive API documentation",
+}
+
+
+class ClientGone(Exception):
+    """The client went away before its whole body arrived."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"{received} bytes")
+        self.received = received
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body; raises HTTPException(413) beyond `limit` bytes, without reading on."""
+    """The request body; raises HTTPException(413) beyond `limit` bytes, without reading on,
+    and ClientGone when the client disconnects first."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone(size) from None
     return b"".join(chunks)
 
 
+def json_media(request: Request) -> bool:
+    """True for a CloudEvents body; raises HTTPException(415) unless the body is JSON
+    (a web page can send text/plain or a form without asking: those are refused)."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media in CLOUDEVENTS_TYPES:
+        return True
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return False
+    raise HTTPException(
+        415,
+        f"the body must be sent as JSON (Content-Type: application/json), not"
+        f" {media[:100] or 'without a Content-Type'}",
+    )
+
+
 class InternalErrors:
-    """ASGI middleware: an unexpected exception becomes a JSON 500 (its traceback is logged)."""
+    """ASGI middleware: an unexpected exception becomes a JSON 500 (its traceback is logged);
+    a client that went away is one log line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -77,6 +121,17 @@ class InternalErrors:
 
         try:
             await self.app(scope, receive, tracked)
+        except (ClientGone, ClientDisconnect) as exc:
+            got = f" after {exc.received} bytes" if isinstance(exc, ClientGone) else ""
+            client = scope.get("client")
+            who = f"{client[0]}:{client[1]}" if client else "a client"
+            logger.info(
+                "%s %s: %s went away before sending its whole body%s; nothing of it was read",
+                scope["method"],
+                scope["path"],
+                who,
+                got,
+            )
         except Exception:
             logger.exception("internal error in %s %s", scope["method"], scope["path"])
             if started:
@@ -91,8 +146,14 @@ def create_app(
     *,
     queue_timeout: float = QUEUE_TIMEOUT_SECONDS,
     max_body_bytes: int = MAX_BODY_BYTES,
+    token: str | None = None,
+    insecure: bool = False,
 ) -> FastAPI:
-    """The API on the store at `db`; the writer runs from app start-up to shutdown."""
+    """The API on the store at `db`; the writer runs from app start-up to shutdown.
+
+    `token`: every route but /health needs it. Without one only loopback Host names are
+    served (`insecure`: IP addresses too).
+    """
     service = Service(db, options or SERVE_OPTIONS, queue_timeout)
 
     @asynccontextmanager
@@ -106,28 +167,59 @@ def create_app(
     app = FastAPI(
         title="logagg",
         version=__version__,
-        description="Keep every event of an at-least-once stream exactly once, in SQLite.",
+        description="Keep every event of an at-least-once stream exactly once.",
         lifespan=lifespan,
     )
     app.state.service = service
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
-        logger.error("store error: %s", exc)
-        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)
+        logger.error("store error: %s", service.clean(str(exc)))
+        return JSONResponse({"detail": f"store unavailable: {service.public(str(exc))}"}, 503)
 
+    @app.exception_handler(WriterDown)
+    async def writer_down(_request: Request, exc: WriterDown) -> JSONResponse:
+        wait = service.retry_after(exc)
+        detail = (
+            f"the store cannot be written now: {exc}; these events are not committed:"
+            f" send them again in {wait} s (a re-send is safe: duplicates are dropped)"
+        )
+        return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(wait)})
+
+    @app.exception_handler(NotEvents)
+    async def not_events(_request: Request, exc: NotEvents) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 422)
+
+    app.add_middleware(Guard, access=Access(token, insecure))
     app.add_middleware(InternalErrors)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+
+    @app.get("/", response_model=ServiceInfo)
+    def root() -> dict[str, Any]:
+        """What this service is: name, version and endpoints."""
+        return {
+            "service": "logagg",
+            "version": __version__,
+            "description": "keeps every event of an at-least-once stream exactly once",
+            "endpoints": ENDPOINTS,
+            "docs": "/docs",
+        }
 
     @app.post(
         "/publish",
         response_model=PublishResult,
         responses={
             413: {"model": Problem, "description": "The body is too large."},
+            415: {"model": Problem, "description": "The body is not sent as JSON."},
             422: {
                 "model": PublishError,
-                "description": "One invalid event (counted), or a body that is not events.",
+                "description": "Nothing stored and something invalid, or not events at all.",
             },
-            503: {"model": Problem, "description": "The queue stayed full; see Retry-After."},
+            503: {
+                "model": Problem,
+                "description": "The queue stayed full or the store cannot be written now;"
+                " see Retry-After.",
+            },
         },
         openapi_extra=_PUBLISH_BODY,
     )
@@ -136,10 +228,11 @@ def create_app(
 
         A batch is partly accepted: invalid events are counted and listed in `errors`.
         """
+        cloudevents = json_media(request)
         body = await read_body(request, max_body_bytes)
         deadline = time.monotonic() + service.queue_timeout
         try:
-            parsed, future = await run_in_threadpool(service.publish, body, deadline)
+            parsed, future = await run_in_threadpool(service.publish, body, deadline, cloudevents)
         except queue.Full:
             logger.warning("the write queue stayed full for %g s: 503", service.queue_timeout)
             raise HTTPException(
@@ -151,7 +244,8 @@ def create_app(
         if future is None:
             result = BatchResult(0, 0, 0)
         else:
-            result = await committed(future, lambda: service.running)
+            result = await committed(future, service.check)
+        service.metrics.events(parsed.received, result)
         status, doc = publish_document(parsed, result)
         logger.debug(
             "publish: %d received, %d accepted, %d duplicates, %d invalid",
@@ -195,19 +289,30 @@ def create_app(
 
     @app.get("/stats", response_model=Stats)
     def stats() -> dict[str, Any]:
-        """Counters and per-topic counts of the store (all processes, across restarts)."""
+        """Counters and topics of the store (all processes, across restarts)."""
         return service.stats()
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health() -> JSONResponse:
-        """`ok` while the writer runs; `degraded` (503) once it has stopped."""
-        running = service.running
-        doc = {
-            "status": "ok" if running else "degraded",
-            "consumer_running": running,
+        """`healthy` while the writer can write; `unhealthy` (503) and why while it cannot."""
+        problem = service.problem()
+        doc: dict[str, Any] = {
+            "status": "healthy" if problem is None else "unhealthy",
+            "consumer_running": service.running,
             "queue_size": service.queue_size,
             "timestamp": utc_now(),
+            "error": None if problem is None else problem[0],
+            "retry_after_seconds": None,
         }
-        return JSONResponse(doc, status_code=200 if running else 503)
+        headers = {}
+        if problem is not None and problem[1] is not None:
+            doc["retry_after_seconds"] = round(problem[1], 3)
+            headers["Retry-After"] = str(service.retry_after(WriterDown("", problem[1])))
+        return JSONResponse(doc, status_code=200 if problem is None else 503, headers=headers)
+
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        """Metrics in the Prometheus text format."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     return app

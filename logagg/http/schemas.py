@@ -1,16 +1,12 @@
-"""The documents of the HTTP API: request bodies read into rows, and the answers."""
+"""The documents of the HTTP API: the answers, and the request body for the docs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import HTTPException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from logagg.models import EVENT, Row, describe, json_type, parse_json, validate_event
-from logagg.store import BatchResult
+from logagg.models import EVENT
 
 
 class EventError(BaseModel):
@@ -28,7 +24,7 @@ class PublishResult(BaseModel):
 
 
 class PublishError(PublishResult):
-    detail: str = Field(description="Why the event was rejected.")
+    detail: str = Field(description="Why nothing was stored.")
 
 
 class Problem(BaseModel):
@@ -43,12 +39,21 @@ class EventsPage(BaseModel):
     )
 
 
+class ServiceInfo(BaseModel):
+    service: str
+    version: str
+    description: str
+    endpoints: dict[str, str] = Field(description="`METHOD /path`: what it does.")
+    docs: str
+
+
 class Stats(BaseModel):
     received: int
     unique_processed: int
     duplicate_dropped: int
     invalid: int
-    topics: dict[str, int]
+    topics: list[str] = Field(description="The stored topics, by name.")
+    topic_counts: dict[str, int] = Field(description="Events stored per topic.")
     uptime_seconds: float
     uptime_human: str
     first_timestamp: str | None
@@ -57,10 +62,14 @@ class Stats(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    consumer_running: bool
+    status: Literal["healthy", "unhealthy"]
+    consumer_running: bool = Field(description="The writer runs (it may be retrying).")
     queue_size: int = Field(description="Batches waiting for the writer now.")
     timestamp: str
+    error: str | None = Field(description="Why the writer cannot write (null when healthy).")
+    retry_after_seconds: float | None = Field(
+        description="When an unhealthy writer tries again (null when healthy or stopped)."
+    )
 
 
 _EVENT_SCHEMA = EVENT.json_schema()
@@ -92,84 +101,3 @@ _PUBLISH_BODY = {
         },
     }
 }
-
-
-@dataclass(slots=True)
-class Parsed:
-    """A publish body: valid rows, the errors of the invalid events, and its shape."""
-
-    rows: list[Row]
-    errors: list[dict[str, Any]]
-    single: bool
-
-    @property
-    def received(self) -> int:
-        return len(self.rows) + len(self.errors)
-
-
-def parse_body(body: bytes) -> Parsed:
-    """Decode a publish body and validate each event; raises HTTPException(422) if unreadable."""
-    try:
-        doc = parse_json(body)
-    except ValueError as exc:
-        reason = str(exc).removeprefix("invalid JSON: ")
-        raise HTTPException(422, f"the body is not valid JSON: {reason}") from None
-    single = False
-    if isinstance(doc, dict) and "events" in doc and "topic" not in doc:
-        events = doc["events"]
-        if not isinstance(events, list):
-            raise HTTPException(
-                422, f"'events' must be an array of events, got {json_type(events)}"
-            )
-    elif isinstance(doc, dict):
-        events, single = [doc], True
-    elif isinstance(doc, list):
-        events = doc
-    else:
-        raise HTTPException(
-            422,
-            'the body must be an event object, {"events": [...]} or an array of events,'
-            f" got {json_type(doc)}",
-        )
-    rows, errors = validate_events(events)
-    return Parsed(rows, errors, single)
-
-
-def validate_events(events: Sequence[Any]) -> tuple[list[Row], list[dict[str, Any]]]:
-    """Rows of the valid events, and `{"index", "error"}` for each invalid one."""
-    rows: list[Row] = []
-    errors: list[dict[str, Any]] = []
-    for index, event in enumerate(events):
-        try:
-            rows.append(validate_event(event))
-        except ValidationError as exc:
-            errors.append({"index": index, "error": describe(exc)})
-        except ValueError as exc:
-            errors.append({"index": index, "error": str(exc)})
-    return rows, errors
-
-
-def publish_document(parsed: Parsed, result: BatchResult) -> tuple[int, dict[str, Any]]:
-    """The status and answer of a publish whose events were committed with `result`."""
-    doc: dict[str, Any] = {
-        "received": parsed.received,
-        "accepted": result.accepted,
-        "duplicates": result.duplicates,
-        "invalid": result.invalid,
-        "message": "",
-        "errors": parsed.errors,
-    }
-    if parsed.single and parsed.errors:
-        reason = parsed.errors[0]["error"]
-        doc["message"] = doc["detail"] = f"invalid event: {reason}"
-        return 422, doc
-    if parsed.single:
-        doc["message"] = (
-            "event accepted" if result.accepted else "duplicate event dropped (already stored)"
-        )
-    else:
-        doc["message"] = (
-            f"{parsed.received} received: {result.accepted} accepted,"
-            f" {result.duplicates} duplicates dropped, {result.invalid} invalid"
-        )
-    return 200, doc
