@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from logagg.errors import StoreError
 from logagg.http.body import Parsed, parse_body
@@ -23,6 +23,7 @@ from logagg.store import BatchResult, EventQuery, Store, StoreStats, is_postgres
 from logagg.units import human_duration
 
 logger = logging.getLogger("logagg.serve")
+T = TypeVar("T")
 
 # Commit at once when nothing else waits; under load, what arrives during a commit is
 # grouped into the next one (and at most 5 ms after the first waiting event).
@@ -80,7 +81,11 @@ def store_label(db: str) -> str:
 
 
 class ReadPool:
-    """Store handles for reading, one thread at a time each; idle ones are kept for reuse."""
+    """Store handles for reading, one thread at a time each; idle ones are kept for reuse.
+
+    A read that fails on a kept handle (its server restarted meanwhile, say) is tried once
+    more on a new one.
+    """
 
     def __init__(self, path: str, size: int = READ_POOL_SIZE) -> None:
         self.path = path
@@ -89,13 +94,21 @@ class ReadPool:
         self._lock = threading.Lock()
         self._closed = False
 
-    @contextmanager
-    def store(self) -> Iterator[Store]:
-        """A store for this thread only; one whose use raised is closed, not reused."""
+    def read(self, use: Callable[[Store], T]) -> T:
+        """`use(store)` on a store for this thread only; one whose use raised is closed."""
         with self._lock:
-            store = self._idle.pop() if self._idle else None
-        if store is None:
-            store = open_store(self.path, create=False)
+            kept = self._idle.pop() if self._idle else None
+        if kept is not None:
+            try:
+                with self._lent(kept) as store:
+                    return use(store)
+            except StoreError:
+                pass  # a connection kept too long: once more on a new one
+        with self._lent(open_store(self.path, create=False)) as store:
+            return use(store)
+
+    @contextmanager
+    def _lent(self, store: Store) -> Iterator[Store]:
         try:
             yield store
         except BaseException:
@@ -282,12 +295,10 @@ class Service:
         return max(1, math.ceil(exc.retry_after))
 
     def events(self, query: EventQuery) -> list[bytes]:
-        with self.reads.store() as store:
-            return [event.to_json_bytes() for event in store.events(query)]
+        return self.reads.read(lambda store: [e.to_json_bytes() for e in store.events(query)])
 
     def store_stats(self) -> StoreStats:
-        with self.reads.store() as store:
-            return store.stats()
+        return self.reads.read(lambda store: store.stats())
 
     def stats(self) -> dict[str, Any]:
         doc = self.store_stats().to_dict()
