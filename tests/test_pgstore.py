@@ -462,20 +462,7 @@ def test_cli_copy_a_store_between_backends_through_a_pipe(pg_url: str, tmp_path:
     check_store(pg_url)
 
 
-@pytest.mark.parametrize(
-    "log_level",
-    [
-        "warning",
-        pytest.param(
-            "debug",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product bug: at info level and below `logagg serve` logs the store"
-                " URL with its password ('serving ...', 'store ...: writer started')",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("log_level", ["warning", "debug"])
 def test_serve_on_a_postgresql_store(pg_url: str, tmp_path: Path, log_level: str) -> None:
     """The HTTP face works the same on PostgreSQL, and its process never logs the password
     (a real process: its log is the point)."""
