@@ -1,9 +1,11 @@
-"""HTTP load: events/s through `logagg serve` with N client threads posting batches.
+"""HTTP load: one client posting one event at a time, then N client threads posting batches.
 
 Generates events with `logagg gen` (re-sends included), starts `python -m logagg serve` on
 a fresh store and a free port on 127.0.0.1, and has the client threads post the events as
 JSON arrays of `--batch` events (each request answered once committed) until every batch
-is sent or `--seconds` have passed. Prints events/s and request latency, then checks the
+is sent or `--seconds` have passed. Before that, on the same server, one client sends
+`--single` requests of one event each, one after the other (a one-at-a-time producer), and
+their latency is measured. Prints events/s and request latency, then checks the
 totals: the sums of the answers must equal `/stats`, every batch must be answered 200,
 `logagg check` must pass, and when every batch was sent, `accepted` must equal the unique
 count of `gen`. Exit status 1 on a mismatch.
@@ -146,6 +148,37 @@ def post_all(url: str, bodies: list[bytes], clients: int, seconds: float, tally:
     return time.perf_counter() - started
 
 
+def post_single(url: str, count: int, tally: Tally) -> list[float]:
+    """One client posting `count` events, one per request, each after the last answer;
+    the latency of each request."""
+    latencies: list[float] = []
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        for n in range(count):
+            body = json.dumps(
+                {
+                    "topic": "bench.single",
+                    "event_id": f"single-{n}",
+                    "timestamp": "2025-01-01T00:00:00Z",
+                    "source": "serve_load",
+                    "payload": {"n": n},
+                }
+            ).encode()
+            began = time.perf_counter()
+            response = http.post("/publish", content=body, headers=headers)
+            latencies.append(time.perf_counter() - began)
+            tally.requests += 1
+            if response.status_code != 200:
+                tally.failures.append(f"single {n}: HTTP {response.status_code}")
+                continue
+            doc = response.json()
+            tally.received += doc["received"]
+            tally.accepted += doc["accepted"]
+            tally.duplicates += doc["duplicates"]
+            tally.invalid += doc["invalid"]
+    return latencies
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
@@ -159,6 +192,7 @@ def measure(
     seed: int = 42,
     dup_rate: float = 0.2,
     data: Path = HERE / "data",
+    single: int = 1000,
 ) -> dict[str, Any]:
     """Run one load measurement; the result holds the numbers and a list of `problems`."""
     lines, unique = generate(events, seed, dup_rate)
@@ -169,6 +203,8 @@ def measure(
         proc, url = start_server(db, log)
         tally = Tally()
         try:
+            lone = post_single(url, single, tally)
+            singles = (tally.received, tally.accepted, tally.requests)
             wall = post_all(url, bodies, clients, seconds, tally)
             stats = httpx.get(url + "/stats", timeout=30.0).json()
         finally:
@@ -192,28 +228,35 @@ def measure(
     )
     if answered != stored:
         problems.append(f"answers {answered} != /stats {stored} (received, accepted, dup, inv)")
-    complete = tally.requests == len(bodies) and not tally.failures
-    if complete and tally.accepted != unique:
-        problems.append(f"accepted {tally.accepted} != {unique} unique events generated")
+    sent, stored, lone_requests = singles
+    complete = tally.requests - lone_requests == len(bodies) and not tally.failures
+    if complete and tally.accepted - stored != unique:
+        problems.append(f"accepted {tally.accepted - stored} != {unique} unique events generated")
     if check.returncode != 0:
         problems.append(f"logagg check failed: {check.stdout.decode()}{check.stderr.decode()}")
+    loaded = tally.received - sent
     return {
-        "events_sent": tally.received,
+        "single_requests": len(lone),
+        "single_p50_ms": round(percentile(lone, 50) * 1000, 2),
+        "single_p99_ms": round(percentile(lone, 99) * 1000, 2),
+        "events_sent": loaded,
         "events_generated": len(lines),
         "unique": unique,
         "clients": clients,
         "batch": batch,
-        "requests": tally.requests,
+        "requests": tally.requests - lone_requests,
         "complete": complete,
         "wall_seconds": round(wall, 3),
-        "events_per_second": round(tally.received / wall, 1) if wall > 0 else 0.0,
-        "requests_per_second": round(tally.requests / wall, 1) if wall > 0 else 0.0,
+        "events_per_second": round(loaded / wall, 1) if wall > 0 else 0.0,
+        "requests_per_second": round((tally.requests - lone_requests) / wall, 1)
+        if wall > 0
+        else 0.0,
         "latency_p50_ms": round(percentile(tally.latencies, 50) * 1000, 2),
         "latency_p99_ms": round(percentile(tally.latencies, 99) * 1000, 2),
         "latency_mean_ms": round(statistics.fmean(tally.latencies) * 1000, 2)
         if tally.latencies
         else 0.0,
-        "accepted": tally.accepted,
+        "accepted": tally.accepted - stored,
         "duplicates": tally.duplicates,
         "invalid": tally.invalid,
         "problems": problems,
@@ -234,11 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dup-rate", type=float, default=0.2)
     parser.add_argument("--data", type=Path, default=HERE / "data")
+    parser.add_argument("--single", type=int, default=int(_env("SERVE_SINGLE", 1000)))
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
     try:
         result = measure(
-            args.events, args.clients, args.batch, args.seconds, args.seed, args.dup_rate, args.data
+            args.events,
+            args.clients,
+            args.batch,
+            args.seconds,
+            args.seed,
+            args.dup_rate,
+            args.data,
+            args.single,
         )
     except (LoadError, subprocess.CalledProcessError) as exc:
         sys.stderr.write(f"serve_load: {exc}\n")
@@ -247,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     else:
         sys.stdout.write(
+            f"one client, one event a request: {result['single_requests']:,} requests,"
+            f" latency p50 {result['single_p50_ms']:.2f} ms, p99 {result['single_p99_ms']:.2f} ms\n"
             f"{result['events_sent']:,} events in {result['requests']:,} requests of"
             f" {result['batch']} from {result['clients']} clients:"
             f" {result['wall_seconds']:.2f} s, {result['events_per_second']:,.0f} events/s,"
