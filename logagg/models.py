@@ -9,9 +9,10 @@ reader; `RowBatch` is a list of rows encoded once for the queue and the store;
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import (
     Annotated,
     Any,
@@ -360,10 +361,14 @@ class StoredEvent:
     payload_json: str
     extra_json: str | None
     ingested_at: str
+    seq: int | None = field(default=None, compare=False)  # its position in commit order
 
-    def to_json_bytes(self) -> bytes:
+    def to_json_bytes(self, *, with_seq: bool = False) -> bytes:
         """The event in the input schema, as one compact JSON object (no newline); the
-        payload and extra fields exactly as stored."""
+        payload and extra fields exactly as stored. `with_seq`: its position in commit
+        order as a last member, `seq`."""
+        if with_seq and self.seq is not None:
+            return self.to_json_bytes()[:-1] + b',"seq":' + str(self.seq).encode() + b"}"
         head = orjson.dumps(
             {
                 "topic": self.topic,
@@ -390,3 +395,18 @@ class StoredEvent:
         if self.extra_json:
             doc.update(json.loads(self.extra_json))
         return doc
+
+
+def content_hash(timestamp: str, source: str, payload: str, extra: str | None) -> int:
+    """A stored event's content (all but its key) as a signed 64-bit number: the first 8
+    bytes of the MD5 of the stored texts joined by U+001F. Two copies of one key conflict
+    when their content differs; the number stands for a pruned event's content and names
+    both copies of a conflict. PostgreSQL computes the same number with `md5()`."""
+    text = f"{timestamp}\x1f{source}\x1f{payload}\x1f{extra or ''}"
+    digest = hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def hash_text(value: int) -> str:
+    """A content hash as people see it: 16 hexadecimal digits."""
+    return f"{value & 0xFFFF_FFFF_FFFF_FFFF:016x}"

@@ -310,7 +310,7 @@ class Backend:
         """Every stored event (topic, event_id, timestamp, source, payload, extra, order)."""
         if self.name == "postgres":
             statement = (
-                'SELECT topic, event_id, "timestamp", source, payload::text, extra::text, id'
+                'SELECT topic, event_id, "timestamp", source, payload::text, extra::text, seq'
                 " FROM events"
             )
             return pg_sql(self.location, statement)

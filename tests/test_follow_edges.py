@@ -21,6 +21,7 @@ import pytest
 from conftest import check_store, event, logagg_cmd
 
 from logagg.models import Checkpoint, encode_rows, event_from_fields
+from logagg.store.sqlite import SCHEMA_VERSION
 
 WAIT = 20.0  # seconds a followed line may take to be committed before the test fails
 
@@ -298,7 +299,7 @@ def test_a_version_2_store_is_migrated_on_open_and_following_continues(
     stop(proc)
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         offset, line_no, head = conn.execute(
             "SELECT offset, line, head FROM checkpoints WHERE path = ?", (str(log),)
         ).fetchone()
@@ -332,7 +333,7 @@ def test_a_version_1_postgres_store_is_migrated_and_keeps_fingerprints(pg_url: s
         version = conn.execute(
             "SELECT value FROM logagg_meta WHERE key = 'schema_version'"
         ).fetchone()
-    assert version == ("2",)
+    assert version == (str(pgstore.SCHEMA_VERSION),)
 
 
 # --- paths that cannot be read ---------------------------------------------------------------

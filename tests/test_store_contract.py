@@ -367,8 +367,8 @@ TAMPERING = {
     ),
     "deleted": ("DELETE FROM events WHERE event_id = 'e2'",) * 2 + ("3 != 2 rows",),
     "inserted": (
-        "INSERT INTO events VALUES ('z', 'x', '2025-01-01T00:00:00.000000Z', 's', '{}',"
-        " NULL, '2025-01-01T00:00:00.000000Z')",
+        "INSERT INTO events (topic, event_id, timestamp, source, payload, ingested_at)"
+        " VALUES ('z', 'x', '2025-01-01T00:00:00.000000Z', 's', '{}', '2025')",
         'INSERT INTO events (topic, event_id, "timestamp", source, payload, ingested_at)'
         " VALUES ('z', 'x', '2025-01-01T00:00:00.000000Z', 's', '{}', '2025')",
         "topic 'z': counted 0, stored 1",

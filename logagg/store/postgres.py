@@ -15,6 +15,20 @@ Many writers at once:
   hot row to queue on); reads add the base rows to the deltas, and every `FOLD_EVERY`
   commits a writer folds the deltas into the base rows under a non-blocking advisory
   lock, so the delta tables stay small.
+- Commit order: positions (`seq`) come from a sequence, so they are taken before commit
+  and a transaction can commit after another that took higher ones. Each write
+  transaction therefore first takes a *shared* advisory lock whose key holds the
+  sequence's value at that moment (`low`); all its positions are above `low`. A reader
+  learns how far it may read (`_horizon`) without waiting for anyone: it reads the
+  sequence (L), then the lowest `low` among the locks held (pg_locks), and may read up to
+  min(L, lows). A writer missing from pg_locks has either finished (its rows are visible
+  to any snapshot taken afterwards: locks are released after the commit becomes visible)
+  or had not taken its lock yet, so its positions come after L. Writers never wait for
+  this lock: shared locks do not conflict, and no one takes it exclusively.
+- Conflicts: the write statement finds the few keys that may hold one (a duplicate whose
+  stored row differs, or that another writer stored meanwhile; copies of one key in the
+  batch that differ); a second statement locks just those rows, reads their latest
+  content and settles them in input order, as SQLite does.
 
 PostgreSQL text cannot hold U+0000: events with one in a name or the time are refused when
 they are validated, on both backends, so no row here has one.
@@ -27,18 +41,21 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
 import psycopg
 from psycopg import conninfo
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import Checkpoint, RowBatch, StoredEvent
+from logagg.models import Checkpoint, RowBatch, StoredEvent, content_hash
 from logagg.store.base import BatchResult, Counters, Store, newer_schema
 from logagg.timestamps import utc_now
+from logagg.units import human_bytes
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CONNECT_TIMEOUT_SECONDS = 10
 FOLD_EVERY = 16  # commits of one store between folds of the delta rows
 FETCH_ROWS = 2000  # rows a listing fetches from the server at a time
@@ -46,7 +63,19 @@ WORK_MEM = "64MB"  # a transaction's sorts stay in memory
 # Advisory lock keys ("logagg" in ASCII, then 1 and 2): creating the schema, folding deltas.
 LOCK_SCHEMA = 0x6C6F67616767_01
 LOCK_FOLD = 0x6C6F67616767_02
-TABLES = ("events", "topics", "topic_deltas", "counters", "counter_deltas", "checkpoints")
+# A write transaction's commit-order lock: this tag in the top 16 bits, the sequence's
+# value when the transaction began in the other 48.
+LOCK_WRITING = 0x4C47 << 48
+TABLES = (
+    "events",
+    "topics",
+    "topic_deltas",
+    "counters",
+    "counter_deltas",
+    "checkpoints",
+    "conflicts",
+    "cursors",
+)
 
 _V1 = """
 CREATE TABLE logagg_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -107,13 +136,53 @@ _V2 = """
 ALTER TABLE checkpoints ADD COLUMN head bytea;
 """
 
+_V3 = """
+-- positions in commit order, tombstones, conflicts and cursors
+ALTER TABLE events RENAME COLUMN id TO seq;
+ALTER SEQUENCE events_id_seq RENAME TO events_seq_seq;
+ALTER TABLE events ALTER COLUMN source DROP NOT NULL, ALTER COLUMN payload DROP NOT NULL,
+    ALTER COLUMN ingested_at DROP NOT NULL,
+    ADD COLUMN hash bigint;  -- a tombstone's content hash
+CREATE UNIQUE INDEX events_seq ON events (seq);
+DROP INDEX events_topic_time;
+CREATE INDEX events_topic_time ON events (topic, "timestamp", seq) WHERE payload IS NOT NULL;
+CREATE INDEX events_pruned ON events (topic, "timestamp") WHERE payload IS NULL;
+ALTER TABLE topics ALTER COLUMN first_timestamp DROP NOT NULL,
+    ALTER COLUMN last_timestamp DROP NOT NULL,
+    ADD COLUMN conflicts bigint NOT NULL DEFAULT 0, ADD COLUMN pruned bigint NOT NULL DEFAULT 0;
+ALTER TABLE topic_deltas ALTER COLUMN first_timestamp DROP NOT NULL,
+    ALTER COLUMN last_timestamp DROP NOT NULL,
+    ADD COLUMN conflicts bigint NOT NULL DEFAULT 0, ADD COLUMN pruned bigint NOT NULL DEFAULT 0;
+ALTER TABLE counters ADD COLUMN conflicts bigint NOT NULL DEFAULT 0,
+    ADD COLUMN pruned bigint NOT NULL DEFAULT 0, ADD COLUMN forgotten bigint NOT NULL DEFAULT 0;
+ALTER TABLE counter_deltas ALTER COLUMN at DROP NOT NULL,
+    ADD COLUMN conflicts bigint NOT NULL DEFAULT 0,
+    ADD COLUMN pruned bigint NOT NULL DEFAULT 0, ADD COLUMN forgotten bigint NOT NULL DEFAULT 0;
+CREATE TABLE conflicts (
+    topic      text COLLATE "C" NOT NULL,
+    event_id   text COLLATE "C" NOT NULL,
+    first_hash bigint NOT NULL,
+    last_hash  bigint NOT NULL,
+    first_seen text COLLATE "C" NOT NULL,
+    last_seen  text COLLATE "C" NOT NULL,
+    copies     bigint NOT NULL,
+    PRIMARY KEY (topic, event_id)
+);
+CREATE TABLE cursors (
+    name       text COLLATE "C" PRIMARY KEY,
+    position   bigint NOT NULL,
+    updated_at text COLLATE "C" NOT NULL
+);
+"""
+
 # MIGRATIONS[v] takes a store from version v to v + 1.
-MIGRATIONS: list[str] = [_V1, _V2]
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-# The whole transaction in one statement. `numbered` gives every input row an id in input
-# order; `firsts` keeps the first copy of each key and yields them in key order, the order
-# in which the insert takes its locks; the deltas are appended from what was inserted.
+# The whole transaction in one statement. `numbered` gives every input row its position
+# in input order; `firsts` keeps the first copy of each key and yields them in key order,
+# the order in which the insert takes its locks; the deltas are appended from what was
+# inserted. `suspects`: the keys that may hold a conflict, settled by `_settle`.
 _WRITE_HEAD = """
 WITH input AS (
     SELECT b.bn, r.n, r.e
@@ -121,15 +190,15 @@ WITH input AS (
          jsonb_array_elements(b.doc::jsonb) WITH ORDINALITY AS r(e, n)
     ORDER BY b.bn, r.n
 ), numbered AS MATERIALIZED (
-    SELECT nextval('events_id_seq') AS id, bn,
+    SELECT nextval('events_seq_seq') AS seq, bn,
            (e ->> 0) COLLATE "C" AS topic, (e ->> 1) COLLATE "C" AS event_id,
            (e ->> 2) AS ts, (e ->> 3) AS source, (e ->> 4) AS payload, (e ->> 5) AS extra
     FROM input
 ), firsts AS (
-    SELECT DISTINCT ON (topic, event_id) * FROM numbered ORDER BY topic, event_id, id
+    SELECT DISTINCT ON (topic, event_id) * FROM numbered ORDER BY topic, event_id, seq
 ), ins AS (
-    INSERT INTO events (id, topic, event_id, "timestamp", source, payload, extra, ingested_at)
-    SELECT id, topic, event_id, ts, source, payload::json, extra::json, %(now)s
+    INSERT INTO events (seq, topic, event_id, "timestamp", source, payload, extra, ingested_at)
+    SELECT seq, topic, event_id, ts, source, payload::json, extra::json, %(now)s
     FROM firsts ORDER BY topic, event_id
     ON CONFLICT DO NOTHING
     RETURNING {returning}
@@ -140,63 +209,154 @@ WITH input AS (
     INSERT INTO counter_deltas (received, accepted, duplicates, invalid, at)
     SELECT %(received)s, accepted, %(rows)s - accepted, %(invalid)s, %(now)s
     FROM (SELECT count(*) AS accepted FROM ins) AS s
+), dups AS (
+    SELECT f.* FROM firsts AS f WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.seq = f.seq)
+), later AS (
+    SELECT n.* FROM numbered AS n WHERE NOT EXISTS (SELECT 1 FROM firsts AS f WHERE f.seq = n.seq)
+), suspects AS (
+    SELECT d.topic, d.event_id, false AS ours
+    FROM dups AS d LEFT JOIN events AS e ON e.topic = d.topic AND e.event_id = d.event_id
+    WHERE e.seq IS NULL OR e.payload IS NULL
+       OR (e."timestamp", e.source, e.payload::text, e.extra::text)
+          IS DISTINCT FROM (d.ts, d.source, d.payload, d.extra)
+    UNION
+    SELECT f.topic, f.event_id, EXISTS (SELECT 1 FROM ins WHERE ins.seq = f.seq)
+    FROM later AS l JOIN firsts AS f ON f.topic = l.topic AND f.event_id = l.event_id
+    WHERE (l.ts, l.source, l.payload, l.extra) IS DISTINCT FROM (f.ts, f.source, f.payload, f.extra)
 )
 """
 _WRITE = (
-    _WRITE_HEAD.replace("{returning}", 'id, topic, "timestamp"')
-    + "SELECT numbered.bn, count(*) FROM ins JOIN numbered USING (id) GROUP BY 1"
+    _WRITE_HEAD.replace("{returning}", 'seq, topic, "timestamp"')
+    + "SELECT 0, numbered.bn, count(*), NULL::text, NULL::text"
+    " FROM ins JOIN numbered USING (seq) GROUP BY numbered.bn"
+    " UNION ALL SELECT 1, NULL, ours::int, topic, event_id FROM suspects"
 )
 _WRITE_NEW = (
-    _WRITE_HEAD.replace("{returning}", 'id, topic, event_id, "timestamp", source, payload, extra')
-    + 'SELECT numbered.bn, ins.topic, ins.event_id, ins."timestamp", ins.source,'
-    " ins.payload::text, ins.extra::text FROM ins JOIN numbered USING (id) ORDER BY ins.id"
+    _WRITE_HEAD.replace("{returning}", 'seq, topic, event_id, "timestamp", source, payload, extra')
+    + 'SELECT 0, numbered.bn, ins.seq, ins.topic, ins.event_id, ins."timestamp", ins.source,'
+    " ins.payload::text, ins.extra::text FROM ins JOIN numbered USING (seq)"
+    " UNION ALL SELECT 1, NULL, ours::int, topic, event_id, NULL, NULL, NULL, NULL"
+    " FROM suspects ORDER BY 1, 3"
 )
+# Before its first position, a writer shows where the sequence stands (see the module).
+_LOCK_WRITING = (
+    "SELECT pg_advisory_xact_lock_shared(%s + (SELECT CASE WHEN is_called THEN last_value"
+    " ELSE 0 END FROM events_seq_seq))"
+)
+_SEQUENCE_AT = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_seq_seq"
+_LOWEST_WRITING = """
+SELECT min(((classid::bigint & 65535) << 32) | objid::bigint) FROM pg_locks
+WHERE locktype = 'advisory' AND objsubid = 1 AND (classid::bigint >> 16) = %s
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+_SUSPECT_ROWS = """
+SELECT e.topic, e.event_id, e."timestamp", e.source, e.payload::text, e.extra::text, e.hash
+FROM events AS e JOIN unnest(%s::text[], %s::text[]) AS k(topic, event_id)
+    ON e.topic = k.topic COLLATE "C" AND e.event_id = k.event_id COLLATE "C"
+ORDER BY e.topic, e.event_id
+FOR UPDATE OF e
+"""
+_REPLACE = """
+UPDATE events SET "timestamp" = %s, source = %s, payload = %s::json, extra = %s::json,
+    ingested_at = %s, seq = nextval('events_seq_seq')
+WHERE topic = %s AND event_id = %s
+"""
+_RECORD_CONFLICT = """
+INSERT INTO conflicts (topic, event_id, first_hash, last_hash, first_seen, last_seen, copies)
+VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (topic, event_id) DO UPDATE SET
+    last_hash = excluded.last_hash, last_seen = excluded.last_seen,
+    copies = conflicts.copies + excluded.copies
+"""
+_CONTENT_HASH = (  # models.content_hash, in SQL
+    "('x' || left(md5(e.\"timestamp\" || chr(31) || e.source || chr(31) || e.payload::text"
+    " || chr(31) || coalesce(e.extra::text, '')), 16))::bit(64)::bigint"
+)
+_TOMBSTONE = f"""
+WITH victims AS (
+    SELECT seq FROM events WHERE topic = %s AND payload IS NOT NULL AND "timestamp" < %s
+    ORDER BY "timestamp" LIMIT %s FOR UPDATE SKIP LOCKED
+)
+UPDATE events AS e SET hash = {_CONTENT_HASH}, source = NULL, payload = NULL, extra = NULL,
+    ingested_at = NULL
+FROM victims AS v WHERE e.seq = v.seq
+"""
+_FORGET = """
+WITH victims AS (
+    SELECT seq FROM events WHERE topic = %s AND payload IS NULL AND "timestamp" < %s
+    ORDER BY "timestamp" LIMIT %s FOR UPDATE SKIP LOCKED
+)
+DELETE FROM events AS e USING victims AS v WHERE e.seq = v.seq
+"""
+_AFTER_PRUNE = """
+UPDATE topics SET events = events - %(n)s, pruned = pruned + %(n)s,
+    first_timestamp = (SELECT min("timestamp") FROM events
+                       WHERE topic = %(topic)s AND payload IS NOT NULL),
+    last_timestamp = CASE WHEN events = %(n)s THEN NULL ELSE last_timestamp END
+WHERE topic = %(topic)s
+"""
 _SAVE_CHECKPOINT = (
     'INSERT INTO checkpoints (path, device, inode, "offset", line, head, updated_at)'
     " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (path) DO UPDATE SET"
     ' device = excluded.device, inode = excluded.inode, "offset" = excluded."offset",'
     " line = excluded.line, head = excluded.head, updated_at = excluded.updated_at"
 )
-_FOLD_COUNTERS = """
-WITH d AS (DELETE FROM counter_deltas RETURNING received, accepted, duplicates, invalid, at)
+_SUMS = (
+    "coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,"
+    " coalesce(sum(duplicates), 0) AS duplicates, coalesce(sum(invalid), 0) AS invalid,"
+    " coalesce(sum(conflicts), 0) AS conflicts, coalesce(sum(pruned), 0) AS pruned,"
+    " coalesce(sum(forgotten), 0) AS forgotten, max(at) AS at"
+)
+_FOLD_COUNTERS = f"""
+WITH d AS (DELETE FROM counter_deltas RETURNING *)
 UPDATE counters SET received = counters.received + s.received,
     accepted = counters.accepted + s.accepted, duplicates = counters.duplicates + s.duplicates,
-    invalid = counters.invalid + s.invalid,
+    invalid = counters.invalid + s.invalid, conflicts = counters.conflicts + s.conflicts,
+    pruned = counters.pruned + s.pruned, forgotten = counters.forgotten + s.forgotten,
     last_ingest_at = greatest(counters.last_ingest_at, s.at)
-FROM (SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
-             coalesce(sum(duplicates), 0) AS duplicates, coalesce(sum(invalid), 0) AS invalid,
-             max(at) AS at FROM d) AS s
+FROM (SELECT {_SUMS} FROM d) AS s
 WHERE counters.id = 1
 """
 _FOLD_TOPICS = """
-WITH d AS (DELETE FROM topic_deltas RETURNING topic, events, first_timestamp, last_timestamp)
-INSERT INTO topics (topic, events, first_timestamp, last_timestamp)
-SELECT topic, sum(events), min(first_timestamp), max(last_timestamp) FROM d
-GROUP BY topic ORDER BY topic
+WITH d AS (DELETE FROM topic_deltas RETURNING *)
+INSERT INTO topics (topic, events, first_timestamp, last_timestamp, conflicts, pruned)
+SELECT topic, sum(events), min(first_timestamp), max(last_timestamp), sum(conflicts),
+       sum(pruned)
+FROM d GROUP BY topic ORDER BY topic
 ON CONFLICT (topic) DO UPDATE SET events = topics.events + excluded.events,
     first_timestamp = least(topics.first_timestamp, excluded.first_timestamp),
-    last_timestamp = greatest(topics.last_timestamp, excluded.last_timestamp)
+    last_timestamp = greatest(topics.last_timestamp, excluded.last_timestamp),
+    conflicts = topics.conflicts + excluded.conflicts, pruned = topics.pruned + excluded.pruned
 """
-_COUNTERS = """
+_COUNTERS = f"""
 SELECT c.received + d.received, c.accepted + d.accepted, c.duplicates + d.duplicates,
-       c.invalid + d.invalid, greatest(c.last_ingest_at, d.at)
-FROM counters AS c,
-     (SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted,
-             coalesce(sum(duplicates), 0) AS duplicates, coalesce(sum(invalid), 0) AS invalid,
-             max(at) AS at FROM counter_deltas) AS d
+       c.invalid + d.invalid, c.conflicts + d.conflicts, c.pruned + d.pruned,
+       c.forgotten + d.forgotten, greatest(c.last_ingest_at, d.at)
+FROM counters AS c, (SELECT {_SUMS} FROM counter_deltas) AS d
 WHERE c.id = 1
 """
 _TOPICS = """
-SELECT topic, sum(events)::bigint, min(first_timestamp), max(last_timestamp)
-FROM (SELECT topic, events, first_timestamp, last_timestamp FROM topics
-      UNION ALL SELECT topic, events, first_timestamp, last_timestamp FROM topic_deltas) AS t
+SELECT topic, sum(events)::bigint, min(first_timestamp), max(last_timestamp),
+       sum(conflicts)::bigint, sum(pruned)::bigint
+FROM (SELECT topic, events, first_timestamp, last_timestamp, conflicts, pruned FROM topics
+      UNION ALL SELECT topic, events, first_timestamp, last_timestamp, conflicts, pruned
+      FROM topic_deltas) AS t
 GROUP BY topic ORDER BY 2 DESC, topic
 """
 _SELECT_EVENTS = (
-    'SELECT topic, event_id, "timestamp", source, payload::text, extra::text, ingested_at, id'
+    'SELECT topic, event_id, "timestamp", source, payload::text, extra::text, ingested_at, seq'
     " FROM events"
 )
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+
+@dataclass(slots=True)
+class _Settled:
+    """What settling a transaction's suspect keys found: conflicts, and the copies that
+    replaced stored rows (keep-last), by key."""
+
+    count: int = 0
+    replaced: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+
 
 _PASSWORD_PARAM = re.compile(r"(?i)(\bpassword=)[^&#\s]*")
 _STARS = r"\1***"
@@ -287,7 +447,7 @@ class PostgresStore(Store):
 
     schema_version = SCHEMA_VERSION
     _MARK = "%s"
-    _ORDER = "id"
+    _GREATEST = "greatest"
     _SELECT = _SELECT_EVENTS
 
     def __init__(self, conn: psycopg.Connection[Any], url: str) -> None:
@@ -444,7 +604,12 @@ class PostgresStore(Store):
             if self._commits_since_fold >= FOLD_EVERY:
                 self._fold()
             with conn.transaction():
+                conn.execute(_LOCK_WRITING, [LOCK_WRITING])
                 result = conn.execute(_WRITE_NEW if new_events else _WRITE, params).fetchall()
+                suspects = [(r[3], r[4], bool(r[2])) for r in result if r[0] == 1]
+                settled = _Settled()
+                if suspects:
+                    settled = self._settle(suspects, batches, now)
                 if checkpoints:
                     with conn.cursor() as cur:
                         cur.executemany(
@@ -455,15 +620,91 @@ class PostgresStore(Store):
                             ],
                         )
         self._commits_since_fold += 1
+        result = [r for r in result if r[0] == 0]
         new: tuple[StoredEvent, ...] = ()
         if new_events:
-            counts = Counter(row[0] for row in result)
-            new = tuple(StoredEvent(r[1], r[2], r[3], r[4], r[5], r[6], now) for r in result)
+            counts = Counter(row[1] for row in result)
+            events = []
+            for r in result:
+                t, e, ts, source, payload, extra = settled.replaced.get((r[3], r[4]), r[3:9])
+                events.append(StoredEvent(t, e, ts, source, payload, extra, now, r[2]))
+            new = tuple(events)
         else:
-            counts = Counter({bn: count for bn, count in result})
+            counts = Counter({r[1]: r[2] for r in result})
         per_batch = tuple(counts.get(bn, 0) for bn in range(1, len(batches) + 1))
         accepted = sum(per_batch)
-        return BatchResult(accepted, rows - accepted, invalid, per_batch, new)
+        return BatchResult(accepted, rows - accepted, invalid, per_batch, new, (), settled.count)
+
+    def _settle(
+        self, suspects: list[tuple[str, str, bool]], batches: Sequence[RowBatch], now: str
+    ) -> _Settled:
+        """Settle the keys that may hold a conflict, in input order: lock their rows (key
+        order, the writers' one lock order), compare every copy with the stored content,
+        record the conflicts and, keeping the last copy, replace the stored row (it takes
+        a new position)."""
+        conn = self._conn
+        ours = {(t, e): mine for t, e, mine in suspects}
+        copies: dict[tuple[str, str], list[list[Any]]] = {key: [] for key in ours}
+        for batch in batches:
+            for item in orjson.loads(batch.json):
+                listed = copies.get((item[0], item[1]))
+                if listed is not None:
+                    listed.append(item)
+        keys = sorted(ours)
+        stored = conn.execute(
+            _SUSPECT_ROWS, [[k[0] for k in keys], [k[1] for k in keys]]
+        ).fetchall()
+        settled = _Settled()
+        records = []
+        replace_rows = []
+        per_topic: dict[str, list[Any]] = {}
+        for topic, event_id, ts, source, payload, extra, tomb_hash in stored:
+            key = (topic, event_id)
+            tombstone = payload is None
+            current = tomb_hash if tombstone else content_hash(ts, source, payload, extra)
+            items = copies[key][1:] if ours[key] else copies[key]
+            found = 0
+            first = last = current
+            winner = None
+            for item in items:
+                h = content_hash(item[2], item[3], item[4], item[5])
+                if h == current:
+                    continue
+                if not found:
+                    first = current
+                found += 1
+                last = h
+                if self.keep_last and not tombstone:
+                    current, winner = h, item
+            if not found:
+                continue
+            settled.count += found
+            records.append((topic, event_id, first, last, now, now, found))
+            topic_row = per_topic.setdefault(topic, [0, None, None])
+            topic_row[0] += found
+            if winner is not None:
+                replace_rows.append((*winner[2:6], now, topic, event_id))
+                settled.replaced[key] = tuple(winner[:6])
+                low, high = topic_row[1], topic_row[2]
+                topic_row[1] = winner[2] if low is None else min(low, winner[2])
+                topic_row[2] = winner[2] if high is None else max(high, winner[2])
+        if not records:
+            return settled
+        with conn.cursor() as cur:
+            if replace_rows:
+                cur.executemany(_REPLACE, replace_rows)
+            cur.executemany(_RECORD_CONFLICT, records)
+            cur.executemany(
+                "INSERT INTO topic_deltas (topic, events, first_timestamp, last_timestamp,"
+                " conflicts) VALUES (%s, 0, %s, %s, %s)",
+                [(t, low, high, n) for t, (n, low, high) in sorted(per_topic.items())],
+            )
+            cur.execute(
+                "INSERT INTO counter_deltas (received, accepted, duplicates, invalid, conflicts)"
+                " VALUES (0, 0, 0, 0, %s)",
+                [settled.count],
+            )
+        return settled
 
     def _fold(self) -> None:
         """Move the committed delta rows into the base rows, unless another writer is."""
@@ -506,29 +747,79 @@ class PostgresStore(Store):
             cur.execute(sql, params)
             yield from cur
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._conn.transaction():
+            yield
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
     def _counters(self) -> tuple[Counters, str | None]:
         row = self._conn.execute(_COUNTERS).fetchone()
         assert row is not None
-        return Counters(*(int(v) for v in row[:4])), row[4]
+        return Counters(*(int(v) for v in row[:7])), row[7]
 
-    def _topic_rows(self) -> list[tuple[str, int, str, str]]:
-        return [(t, int(n), first, last) for t, n, first, last in self._conn.execute(_TOPICS)]
-
-    def _topic_names(self, limit: int) -> list[str]:
+    def _topic_rows(self) -> list[tuple[str, int, str | None, str | None, int, int]]:
         return [
-            row[0]
-            for row in self._conn.execute(
-                "SELECT topic FROM topics UNION SELECT topic FROM topic_deltas LIMIT %s", [limit]
-            )
+            (t, int(n), first, last, int(conflicts), int(pruned))
+            for t, n, first, last, conflicts, pruned in self._conn.execute(_TOPICS)
         ]
 
-    def _size(self) -> int:
+    def _topic_names(self, limit: int) -> list[str]:
+        return [row[0] for row in self._conn.execute(_TOPICS) if row[1] > 0][:limit]
+
+    def _size(self) -> tuple[int, int | None]:
         row = self._conn.execute(
             "SELECT sum(pg_total_relation_size(to_regclass(t)))::bigint"
             " FROM unnest(%s::text[]) AS t",
             [["logagg_meta", *TABLES]],
         ).fetchone()
-        return int(row[0] or 0) if row else 0
+        return (int(row[0] or 0) if row else 0), None
+
+    def _horizon(self) -> int:
+        """See the module: the sequence first, then the writers in flight, each its own
+        statement (and snapshot), both before the snapshot that reads the events."""
+        conn = self._conn
+        row = conn.execute(_SEQUENCE_AT).fetchone()
+        last = int(row[0]) if row else 0
+        row = conn.execute(_LOWEST_WRITING, [LOCK_WRITING >> 48]).fetchone()
+        if row is None or row[0] is None:
+            return last
+        return min(last, int(row[0]))
+
+    def _prune_step(self, topic: str, before: str, forget: bool, limit: int) -> tuple[int, int]:
+        """Fold the deltas first (waiting for a fold in progress), so that the topic's
+        base row holds its first time, which the prune then moves on."""
+        conn = self._conn
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_FOLD])
+            conn.execute(_FOLD_COUNTERS)
+            conn.execute(_FOLD_TOPICS)
+            pruned = conn.execute(_TOMBSTONE, [topic, before, limit]).rowcount
+            forgotten = conn.execute(_FORGET, [topic, before, limit]).rowcount if forget else 0
+            if pruned:
+                conn.execute(_AFTER_PRUNE, {"n": pruned, "topic": topic})
+            if pruned or forgotten:
+                conn.execute(
+                    "INSERT INTO counter_deltas (received, accepted, duplicates, invalid, pruned,"
+                    " forgotten) VALUES (0, 0, 0, 0, %s, %s)",
+                    [pruned, forgotten],
+                )
+        return pruned, forgotten
+
+    def vacuum(self) -> str:
+        """VACUUM logagg's tables: the space of pruned rows becomes reusable."""
+        with self._guard():
+            for table in ("events", "topics", "topic_deltas", "counter_deltas", "conflicts"):
+                self._conn.execute(f"VACUUM (ANALYZE) {table}")
+            size, _ = self._size()
+        return (
+            f"{self.path}: VACUUM made the space of pruned events reusable for new ones"
+            " (autovacuum does the same on its own schedule); the server returns it to the"
+            " file system only from the end of a table, or with VACUUM FULL, which locks the"
+            f" table while it rewrites it. logagg's tables now take {human_bytes(size)}"
+        )
 
     def _stored_version(self) -> int | None:
         return self._version()

@@ -1,8 +1,19 @@
 """The SQLite store: one file, WAL, one writer at a time.
 
-Duplicates are dropped by the primary key `(topic, event_id)` with
-`INSERT ... ON CONFLICT DO NOTHING`; topic counts and counters change in the same
+Duplicates are dropped by the unique key `(topic, event_id)` with one
+`INSERT ... ON CONFLICT` statement a batch; topic counts and counters change in the same
 IMMEDIATE transaction as the rows, so they agree with them even after `kill -9`.
+
+- Commit order: `seq INTEGER PRIMARY KEY AUTOINCREMENT`. Writers are serialised by the
+  write lock, so positions are handed out in commit order, and AUTOINCREMENT never hands
+  out a position twice (not even once the newest row is deleted).
+- Conflicts: a duplicate is compared with the stored row it collides with (the upsert
+  reads that row anyway), and only when the content differs does the update path run: a
+  TEMP trigger of this connection records the conflict and, keeping the first copy,
+  cancels the update (RAISE(IGNORE)). So identical re-sends cost one row read, and the
+  stored row of a conflict changes only with keep-last.
+- Retention: a pruned event keeps its row as a tombstone (key, time, content hash), so
+  its key still makes re-sends duplicates; listings use a partial index of stored rows.
 """
 
 from __future__ import annotations
@@ -10,18 +21,28 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import Checkpoint, RowBatch, StoredEvent
+from logagg.models import Checkpoint, RowBatch, StoredEvent, content_hash
 from logagg.store.base import BatchResult, Counters, Store, newer_schema
 from logagg.timestamps import utc_now
+from logagg.units import human_bytes
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_SECONDS = 60.0
 CACHE_KIB = 64 * 1024
+# The WAL: SQLite checkpoints it after commits (every 1000 pages); once it has been copied
+# back and no reader uses it, it is reset and truncated to JOURNAL_SIZE_LIMIT. Past
+# WAL_CHECK_BYTES logagg checkpoints it itself every WAL_CHECK_SECONDS (TRUNCATE, waiting
+# at most CHECKPOINT_WAIT_MS for others), and says once when a reader keeps it growing.
+JOURNAL_SIZE_LIMIT = 64 << 20
+WAL_CHECK_BYTES = 128 << 20
+WAL_CHECK_SECONDS = 2.0
+CHECKPOINT_WAIT_MS = 100
 
 _V1 = """
 CREATE TABLE events (
@@ -68,9 +89,89 @@ _V3 = """
 ALTER TABLE checkpoints ADD COLUMN head BLOB;
 """
 
+# Version 4: positions in commit order, tombstones, conflicts and cursors. The events
+# table is rebuilt once (a primary key cannot change in place), copied in rowid order so
+# that every event keeps its position.
+_V4 = """
+CREATE TABLE events_v4 (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- position in commit order
+    topic       TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    timestamp   TEXT NOT NULL,   -- UTC, 2025-01-01T12:00:00.000000Z
+    source      TEXT,            -- NULL once pruned
+    payload     TEXT,            -- JSON object, NULL once pruned (a tombstone)
+    extra       TEXT,            -- JSON object of unknown top-level fields, or NULL
+    ingested_at TEXT,            -- UTC, when its transaction committed (NULL once pruned)
+    hash        INTEGER          -- a tombstone's content hash (NULL while stored)
+);
+INSERT INTO events_v4 (seq, topic, event_id, timestamp, source, payload, extra, ingested_at)
+    SELECT rowid, topic, event_id, timestamp, source, payload, extra, ingested_at
+    FROM events ORDER BY rowid;
+DROP TABLE events;
+ALTER TABLE events_v4 RENAME TO events;
+CREATE UNIQUE INDEX events_key ON events (topic, event_id);
+CREATE INDEX events_topic_time ON events (topic, timestamp) WHERE payload IS NOT NULL;
+CREATE INDEX events_pruned ON events (topic, timestamp) WHERE payload IS NULL;
+CREATE TABLE topics_v4 (
+    topic           TEXT PRIMARY KEY,
+    events          INTEGER NOT NULL,          -- stored (not pruned)
+    first_timestamp TEXT,                      -- NULL while none is stored
+    last_timestamp  TEXT,
+    conflicts       INTEGER NOT NULL DEFAULT 0,
+    pruned          INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO topics_v4 (topic, events, first_timestamp, last_timestamp)
+    SELECT topic, events, first_timestamp, last_timestamp FROM topics;
+DROP TABLE topics;
+ALTER TABLE topics_v4 RENAME TO topics;
+ALTER TABLE counters ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE counters ADD COLUMN pruned INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE counters ADD COLUMN forgotten INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE conflicts (
+    topic      TEXT NOT NULL,
+    event_id   TEXT NOT NULL,
+    first_hash INTEGER NOT NULL,  -- the stored copy's content when the first conflict came
+    last_hash  INTEGER NOT NULL,  -- the latest copy that differed from the stored one
+    first_seen TEXT NOT NULL,
+    last_seen  TEXT NOT NULL,
+    copies     INTEGER NOT NULL,  -- copies that differed
+    PRIMARY KEY (topic, event_id)
+);
+CREATE TABLE cursors (
+    name       TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,  -- every event with seq <= position was delivered
+    updated_at TEXT NOT NULL
+);
+"""
+
 # MIGRATIONS[v] takes a store from version v to v + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 assert len(MIGRATIONS) == SCHEMA_VERSION
+
+# Per connection (TEMP): the conflicts a statement met, and the trigger that records them.
+# It runs only on the update path of the upsert below (the one statement that sets the
+# timestamp of an existing row), that is for a duplicate whose content differs or whose
+# row is a tombstone; keeping the first copy (or a tombstone) it cancels the update.
+_CONFLICT_SETUP = (
+    "CREATE TEMP TABLE IF NOT EXISTS logagg_clash (n INTEGER PRIMARY KEY, seq INTEGER,"
+    " topic TEXT, event_id TEXT, stored_hash INTEGER, new_hash INTEGER, applied INTEGER,"
+    " timestamp TEXT)",
+    "CREATE TEMP TABLE IF NOT EXISTS logagg_mode (keep_last INTEGER NOT NULL)",
+    "INSERT INTO logagg_mode SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM logagg_mode)",
+    """CREATE TEMP TRIGGER IF NOT EXISTS logagg_conflict
+    BEFORE UPDATE OF timestamp ON main.events
+    BEGIN
+        INSERT INTO logagg_clash (seq, topic, event_id, stored_hash, new_hash, applied, timestamp)
+        SELECT OLD.seq, OLD.topic, OLD.event_id, h.stored, h.new,
+               OLD.payload IS NOT NULL AND (SELECT keep_last FROM logagg_mode), NEW.timestamp
+        FROM (SELECT CASE WHEN OLD.payload IS NULL THEN OLD.hash
+                     ELSE logagg_hash(OLD.timestamp, OLD.source, OLD.payload, OLD.extra) END
+                     AS stored,
+                     logagg_hash(NEW.timestamp, NEW.source, NEW.payload, NEW.extra) AS new) AS h
+        WHERE h.stored IS NOT h.new;
+        SELECT RAISE(IGNORE) WHERE OLD.payload IS NULL OR NOT (SELECT keep_last FROM logagg_mode);
+    END""",
+)
 
 # One statement a RowBatch: SQLite unpacks the JSON array itself, so the whole batch goes
 # in without a round trip to Python (and without holding the GIL) per row.
@@ -80,7 +181,12 @@ _INSERT = (
     " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
     " json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2"
     " FROM json_each(?1) WHERE true"  # WHERE: lets the parser tell ON CONFLICT from a join
-    " ON CONFLICT (topic, event_id) DO NOTHING"
+    " ON CONFLICT (topic, event_id) DO UPDATE SET timestamp = excluded.timestamp,"
+    " source = excluded.source, payload = excluded.payload, extra = excluded.extra,"
+    " ingested_at = excluded.ingested_at"
+    " WHERE events.payload IS NULL OR events.payload <> excluded.payload"
+    " OR events.timestamp <> excluded.timestamp OR events.source <> excluded.source"
+    " OR events.extra IS NOT excluded.extra"
 )
 # NOT INDEXED: read only the rows of this batch by rowid, never the topic index.
 _NEW_PER_TOPIC = (
@@ -95,7 +201,40 @@ _UPSERT_TOPIC = (
 )
 _ADD_COUNTERS = (
     "UPDATE counters SET received = received + ?, accepted = accepted + ?,"
-    " duplicates = duplicates + ?, invalid = invalid + ? WHERE id = 1"
+    " duplicates = duplicates + ?, invalid = invalid + ?, conflicts = conflicts + ? WHERE id = 1"
+)
+_RECORD_CONFLICT = (
+    "INSERT INTO conflicts (topic, event_id, first_hash, last_hash, first_seen, last_seen,"
+    " copies) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO UPDATE SET"
+    " last_hash = excluded.last_hash, last_seen = excluded.last_seen,"
+    " copies = copies + excluded.copies"
+)
+_TOPIC_CONFLICTS = "UPDATE topics SET conflicts = conflicts + ? WHERE topic = ?"
+_TOPIC_WIDEN = (  # a replacing copy's time widens its topic's range
+    "UPDATE topics SET"
+    " first_timestamp = CASE WHEN first_timestamp IS NULL OR ?1 < first_timestamp"
+    "   THEN ?1 ELSE first_timestamp END,"
+    " last_timestamp = CASE WHEN last_timestamp IS NULL OR ?2 > last_timestamp"
+    "   THEN ?2 ELSE last_timestamp END"
+    " WHERE topic = ?3"
+)
+# One prune step of a topic: the oldest stored events become tombstones.
+_TOMBSTONE = (
+    "UPDATE events SET hash = logagg_hash(timestamp, source, payload, extra),"
+    " source = NULL, payload = NULL, extra = NULL, ingested_at = NULL"
+    " WHERE seq IN (SELECT seq FROM events WHERE topic = ? AND payload IS NOT NULL"
+    " AND timestamp < ? ORDER BY timestamp LIMIT ?)"
+)
+_FORGET = (
+    "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE topic = ?"
+    " AND payload IS NULL AND timestamp < ? ORDER BY timestamp LIMIT ?)"
+)
+_AFTER_PRUNE = (
+    "UPDATE topics SET events = events - ?1, pruned = pruned + ?1,"
+    " first_timestamp = (SELECT min(timestamp) FROM events"
+    "   WHERE topic = ?2 AND payload IS NOT NULL),"
+    " last_timestamp = CASE WHEN events = ?1 THEN NULL ELSE last_timestamp END"
+    " WHERE topic = ?2"
 )
 _SAVE_CHECKPOINT = (
     "INSERT INTO checkpoints (path, device, inode, offset, line, head, updated_at)"
@@ -104,7 +243,7 @@ _SAVE_CHECKPOINT = (
     " head = excluded.head, updated_at = excluded.updated_at"
 )
 _SELECT_EVENTS = (
-    "SELECT topic, event_id, timestamp, source, payload, extra, ingested_at, rowid FROM events"
+    "SELECT topic, event_id, timestamp, source, payload, extra, ingested_at, seq FROM events"
 )
 
 
@@ -131,12 +270,15 @@ class SQLiteStore(Store):
 
     schema_version = SCHEMA_VERSION
     _MARK = "?"
-    _ORDER = "rowid"
+    _GREATEST = "max"
     _SELECT = _SELECT_EVENTS
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
+        self._wal_blocked = 0  # WAL checks in a row that a reader kept from completing
+        self._wal_warned = False
+        self._next_wal_check = 0.0
 
     # --- opening -------------------------------------------------------------------------
 
@@ -172,9 +314,14 @@ class SQLiteStore(Store):
         self._enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.create_function("logagg_hash", 4, _hash, deterministic=True)
         if version < SCHEMA_VERSION:
             self._migrate()
+        for statement in _CONFLICT_SETUP:
+            conn.execute(statement)
 
     def _enable_wal(self) -> None:
         """Switch a new file to WAL. Two processes creating one store may race here, and
@@ -208,6 +355,7 @@ class SQLiteStore(Store):
         return int(version)
 
     def _migrate(self) -> None:
+        """Create or upgrade the schema in one transaction: a crash leaves the old one."""
         with self._write():
             version = self._check_version()  # again: another process may have created it
             for step in range(version, SCHEMA_VERSION):
@@ -255,27 +403,48 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
                 raise
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._write():
+            yield
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         yield from self._conn.execute(sql, params)
 
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
     def _counters(self) -> tuple[Counters, str | None]:
         row = self._conn.execute(
-            "SELECT received, accepted, duplicates, invalid,"
+            "SELECT received, accepted, duplicates, invalid, conflicts, pruned, forgotten,"
             " (SELECT value FROM meta WHERE key = 'last_ingest_at') FROM counters"
         ).fetchone()
-        return Counters(*row[:4]), row[4]
+        return Counters(*row[:7]), row[7]
 
-    def _topic_rows(self) -> list[tuple[str, int, str, str]]:
+    def _topic_rows(self) -> list[tuple[str, int, str | None, str | None, int, int]]:
         return self._conn.execute(
-            "SELECT topic, events, first_timestamp, last_timestamp FROM topics"
-            " ORDER BY events DESC, topic"
+            "SELECT topic, events, first_timestamp, last_timestamp, conflicts, pruned"
+            " FROM topics ORDER BY events DESC, topic"
         ).fetchall()
 
     def _topic_names(self, limit: int) -> list[str]:
-        return [row[0] for row in self._conn.execute("SELECT topic FROM topics LIMIT ?", (limit,))]
+        return [
+            row[0]
+            for row in self._conn.execute(
+                "SELECT topic FROM topics WHERE events > 0 LIMIT ?", (limit,)
+            )
+        ]
 
-    def _size(self) -> int:
-        return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+    def _size(self) -> tuple[int, int | None]:
+        main = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        wal = self._wal_size()
+        return main + wal, wal
+
+    def _wal_size(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
 
     def _integrity(self, problems: list[str]) -> str:
         integrity = [row[0] for row in self._conn.execute("PRAGMA integrity_check")]
@@ -288,7 +457,17 @@ class SQLiteStore(Store):
     def _stored_version(self) -> int | None:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
+    def _horizon(self) -> int:
+        # Writers are serialised and AUTOINCREMENT only grows: whatever commits later
+        # gets a position above every one committed now.
+        return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
     # --- writing -------------------------------------------------------------------------
+
+    def configure(self, *, keep_last: bool = False, retain: float | None = None) -> None:
+        super().configure(keep_last=keep_last, retain=retain)
+        with self._guard():
+            self._conn.execute("UPDATE logagg_mode SET keep_last = ?", (int(keep_last),))
 
     def _insert(
         self,
@@ -299,19 +478,37 @@ class SQLiteStore(Store):
     ) -> BatchResult:
         now = utc_now()
         received = sum(batch.count for batch in batches)
+        keep_last = self.keep_last
         with self._write() as conn:
-            before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
-            per_batch = tuple(conn.execute(_INSERT, (b.json, now)).rowcount for b in batches)
+            before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+            per_batch = []
+            replaced = 0
+            for b in batches:
+                changed = conn.execute(_INSERT, (b.json, now)).rowcount
+                if keep_last:  # the update path counts as a change; it stored nothing new
+                    total = conn.execute("SELECT count(*) FROM logagg_clash WHERE applied")
+                    applied = total.fetchone()[0]
+                    changed -= applied - replaced
+                    replaced = applied
+                per_batch.append(changed)
+            clash = conn.execute(
+                "SELECT seq, topic, event_id, stored_hash, new_hash, applied, timestamp"
+                " FROM logagg_clash ORDER BY n"
+            ).fetchall()
             new: tuple[StoredEvent, ...] = ()
             if new_events:
-                sql = _SELECT_EVENTS + " WHERE rowid > ? ORDER BY rowid"
-                new = tuple(StoredEvent(*row[:7]) for row in conn.execute(sql, (before,)))
+                sql = _SELECT_EVENTS + " WHERE seq > ? ORDER BY seq"
+                new = tuple(StoredEvent(*row[:8]) for row in conn.execute(sql, (before,)))
             per_topic = conn.execute(_NEW_PER_TOPIC, (before,)).fetchall()
             if per_topic:
                 conn.executemany(_UPSERT_TOPIC, per_topic)
+            if clash:
+                self._record_conflicts(conn, clash, now)
             accepted = sum(count for _, count, _, _ in per_topic)
             duplicates = received - accepted
-            conn.execute(_ADD_COUNTERS, (received + invalid, accepted, duplicates, invalid))
+            conn.execute(
+                _ADD_COUNTERS, (received + invalid, accepted, duplicates, invalid, len(clash))
+            )
             if checkpoints:
                 conn.executemany(
                     _SAVE_CHECKPOINT,
@@ -325,7 +522,43 @@ class SQLiteStore(Store):
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (now,),
             )
-        return BatchResult(accepted, duplicates, invalid, per_batch, new)
+        return BatchResult(accepted, duplicates, invalid, tuple(per_batch), new, (), len(clash))
+
+    def _record_conflicts(
+        self, conn: sqlite3.Connection, clash: list[tuple[Any, ...]], now: str
+    ) -> None:
+        """Record the conflicts one transaction met (in input order); move each replaced
+        event to a new position, after every one committed before."""
+        conn.execute("DELETE FROM logagg_clash")
+        records: dict[tuple[str, str], list[int]] = {}
+        moved: dict[int, str] = {}  # seq of a replaced row -> its new time
+        for seq, topic, event_id, stored, new, applied, timestamp in clash:
+            record = records.setdefault((topic, event_id), [stored, new, 0])
+            record[1] = new
+            record[2] += 1
+            if applied:
+                moved[seq] = timestamp
+        conn.executemany(
+            _RECORD_CONFLICT,
+            [(t, e, first, last, now, now, n) for (t, e), (first, last, n) in records.items()],
+        )
+        per_topic = Counter(row[1] for row in clash)
+        conn.executemany(_TOPIC_CONFLICTS, [(n, t) for t, n in per_topic.items()])
+        if not moved:
+            return
+        top = conn.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+            " (SELECT coalesce(max(seq), 0) FROM events))"
+        ).fetchone()[0]
+        topics: dict[str, tuple[str, str]] = {}
+        for seq, timestamp in sorted(moved.items()):
+            top += 1
+            conn.execute("UPDATE events SET seq = ? WHERE seq = ?", (top, seq))
+            topic = conn.execute("SELECT topic FROM events WHERE seq = ?", (top,)).fetchone()[0]
+            low, high = topics.get(topic, (timestamp, timestamp))
+            topics[topic] = (min(low, timestamp), max(high, timestamp))
+        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (top,))
+        conn.executemany(_TOPIC_WIDEN, [(lo, hi, t) for t, (lo, hi) in topics.items()])
 
     def checkpoints(self) -> dict[str, Checkpoint]:
         with self._guard():
@@ -333,3 +566,109 @@ class SQLiteStore(Store):
                 "SELECT path, device, inode, offset, line, head FROM checkpoints"
             ).fetchall()
         return {row[0]: Checkpoint(*row) for row in rows}
+
+    # --- retention and space -------------------------------------------------------------
+
+    def _prune_step(self, topic: str, before: str, forget: bool, limit: int) -> tuple[int, int]:
+        with self._write() as conn:
+            pruned = conn.execute(_TOMBSTONE, (topic, before, limit)).rowcount
+            forgotten = conn.execute(_FORGET, (topic, before, limit)).rowcount if forget else 0
+            if pruned:
+                conn.execute(_AFTER_PRUNE, (pruned, topic))
+            if pruned or forgotten:
+                conn.execute(
+                    "UPDATE counters SET pruned = pruned + ?, forgotten = forgotten + ?",
+                    (pruned, forgotten),
+                )
+        return pruned, forgotten
+
+    def _maintain(self) -> None:
+        """Keep the WAL bounded: past WAL_CHECK_BYTES, checkpoint and truncate it; when a
+        reader keeps a checkpoint from completing twice in a row, say so once."""
+        wal = self._wal_size()
+        if wal <= WAL_CHECK_BYTES:
+            self._wal_blocked = 0
+            return
+        now = time.monotonic()
+        if now < self._next_wal_check:
+            return
+        self._next_wal_check = now + WAL_CHECK_SECONDS
+        with self._guard():
+            busy, log, done = self._checkpoint("PASSIVE", wait=False)
+            if log >= 0 and done >= log:  # all copied back: reset and truncate the file
+                self._checkpoint("TRUNCATE", wait=True)
+                self._wal_blocked = 0
+                return
+        self._wal_blocked += 1
+        if self._wal_blocked >= 2 and not self._wal_warned:
+            self._wal_warned = True
+            database = os.path.getsize(self.path)
+            self.notice(
+                f"{self.path}: the WAL file has grown to {human_bytes(self._wal_size())}"
+                f" (the database is {human_bytes(database)}) and cannot be checkpointed:"
+                " another connection has held a read transaction open since (SQLite cannot"
+                " tell which process); it keeps growing until that reader ends: close"
+                " long-running readers (a `sqlite3` shell, a paused `logagg events`, a"
+                " backup), then it is emptied at the next checkpoint"
+            )
+
+    def _checkpoint(self, mode: str, *, wait: bool) -> tuple[int, int, int]:
+        """(busy, frames in the WAL, frames copied back); waits at most CHECKPOINT_WAIT_MS
+        for other connections when `wait`."""
+        conn = self._conn
+        if not wait:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def vacuum(self) -> str:
+        """VACUUM: rewrite the file without the space pruned events left (a tombstone is
+        smaller than the row it replaces, so that space is spread over many pages, which
+        only a rewrite returns). It holds the write lock while it runs."""
+        conn = self._conn
+        with self._guard():
+            before = os.path.getsize(self.path)
+            began = time.monotonic()
+            conn.execute("VACUUM")
+            self._checkpoint("TRUNCATE", wait=True)
+            after = os.path.getsize(self.path)
+        return (
+            f"{self.path}: rewritten with VACUUM in {time.monotonic() - began:.1f} s:"
+            f" {human_bytes(before)} -> {human_bytes(after)}"
+        )
+
+    def backup(self, target: str) -> None:
+        """Copy the store to the new file `target` with SQLite's backup API, in one step:
+        one read transaction, so the copy is one consistent snapshot while writers go on.
+        Written to a temporary name first, renamed when complete."""
+        if os.path.lexists(target):
+            raise StoreError(f"{target}: already exists; name a new file")
+        partial = f"{target}.partial-{os.getpid()}"
+        try:
+            copy = sqlite3.connect(partial, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(_describe(exc, target)) from None
+        try:
+            try:
+                self._conn.backup(copy, pages=-1)
+                copy.execute("PRAGMA journal_mode = WAL")
+            finally:
+                copy.close()
+            os.replace(partial, target)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{target}: backup failed: {_describe(exc, self.path)}") from None
+        except OSError as exc:
+            raise StoreError(f"{target}: backup failed: {exc.strerror or exc}") from None
+        finally:
+            for leftover in (partial, partial + "-wal", partial + "-shm", partial + "-journal"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+
+
+def _hash(timestamp: str, source: str, payload: str, extra: str | None) -> int:
+    return content_hash(timestamp, source, payload, extra)
