@@ -126,7 +126,7 @@ class InternalErrors:
             client = scope.get("client")
             who = f"{client[0]}:{client[1]}" if client else "a client"
             logger.info(
-                "%s %s: %s went away before sending its whole body%s; nothing of it was read",
+                "%s %s: %s went away before sending its whole body%s; nothing of it was stored",
                 scope["method"],
                 scope["path"],
                 who,
