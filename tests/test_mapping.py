@@ -192,7 +192,7 @@ def test_gelf_preset() -> None:
 
 
 def test_every_preset_is_listed_and_unknown_ones_are_named() -> None:
-    assert set(PRESETS) == {*LINE_PRESETS, "cloudevents"}
+    assert set(PRESETS) == {*LINE_PRESETS, "cloudevents", "otlp"}
     assert get_preset("gelf") is PRESETS["gelf"]
     with pytest.raises(ValueError, match="unknown preset 'syslog'.*bunyan, cloudevents"):
         get_preset("syslog")
@@ -694,7 +694,7 @@ def test_cloudevents_source_id_key() -> None:
 
 
 def test_cloudevents_mapping_takes_no_field_mapping() -> None:
-    with pytest.raises(ValueError, match="CloudEvents have a fixed mapping"):
+    with pytest.raises(ValueError, match="CloudEvents and OpenTelemetry have a fixed mapping"):
         CE.override(fields={"topic": "subject"})
 
 
