@@ -7,6 +7,7 @@ order is time order. A leap second is kept as `23:59:60.ffffffZ`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -115,7 +116,9 @@ def normalize_timestamp(value: str) -> str:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ValueError(f"not an ISO-8601 time: {value[:64]!r} ({exc})") from None
+        # Python's own reason is kept where it says what is wrong (a day out of range).
+        why = "" if str(exc).startswith("Invalid isoformat") else f" ({exc})"
+        raise ValueError(f"not an ISO-8601 time: {value[:64]!r}{why}") from None
     if moment.tzinfo is None:
         moment = _assume_zone(moment, value)
     try:
@@ -130,6 +133,47 @@ def normalize_timestamp(value: str) -> str:
             raise ValueError(f"{value[:64]!r}: a leap second (:60) comes only at 23:59:60 UTC")
         stored = stored[:17] + "60" + stored[19:]
     return stored
+
+
+_UNITS = {
+    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}  # fmt: skip
+_AGO = re.compile(r"-?\s*(\d{1,9})\s*([a-z]+)(?:\s+ago)?")
+TIME_FILTER_FORMS = "15m, 3h, 2d, today, yesterday or now"
+
+
+def parse_time_filter(value: str, now: datetime | None = None) -> str:
+    """A time to filter by, in the stored form: an ISO-8601 time, or one relative to `now`
+    (default: the clock): `now`, `today` and `yesterday` (their start, 00:00 UTC), or a
+    span ago: `15m`, `3h`, `2d`, `1w`, `90s` (also `-15m`, `15min`, `3 hours ago`).
+
+    Raises ValueError naming the forms for anything else.
+    """
+    text = value.strip().lower()
+    moment = now if now is not None else datetime.now(UTC)
+    if text == "now":
+        return format_utc(moment)
+    if text in ("today", "yesterday"):
+        day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return format_utc(day - timedelta(days=text == "yesterday"))
+    match = _AGO.fullmatch(text)
+    if match and match.group(2) in _UNITS:
+        try:
+            return format_utc(
+                moment - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+            )
+        except OverflowError:
+            raise ValueError(f"{value[:64]!r} reaches back before the year 1") from None
+    try:
+        return normalize_timestamp(value)
+    except ValueError as exc:
+        if str(exc).startswith("not an ISO-8601 time") and not str(exc).endswith(")"):
+            raise ValueError(f"{exc} (nor {TIME_FILTER_FORMS})") from None
+        raise
 
 
 def _assume_zone(moment: datetime, value: str) -> datetime:

@@ -20,7 +20,7 @@ import orjson
 
 from logagg.errors import SchemaVersionError, StoreError
 from logagg.models import Checkpoint, Row, RowBatch, StoredEvent, encode_rows, hash_text
-from logagg.timestamps import format_utc, normalize_timestamp, utc_now
+from logagg.timestamps import format_utc, normalize_timestamp, parse_time_filter, utc_now
 
 MERGE_MAX_TOPICS = 64  # above this many topics an unfiltered listing sorts instead of merging
 PRUNE_STEP = 2000  # events one prune transaction removes at most: the write lock stays short
@@ -74,12 +74,14 @@ class EventQuery:
         until: str | None = None,
         limit: int | None = 100,
         newest_first: bool = True,
+        now: datetime | None = None,
     ) -> EventQuery:
-        """A query from a user's filters; times in any ISO-8601 form. Raises BadTime."""
+        """A query from a user's filters; times in any ISO-8601 form, or relative to `now`
+        (default: the clock) as `parse_time_filter` reads them. Raises BadTime."""
         window = []
         for name, value in (("since", since), ("until", until)):
             try:
-                window.append(normalize_timestamp(value) if value is not None else None)
+                window.append(parse_time_filter(value, now) if value is not None else None)
             except ValueError as exc:
                 raise BadTime(name, str(exc)) from None
         return cls(topic, source, window[0], window[1], limit, newest_first)
