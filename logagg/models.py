@@ -313,22 +313,36 @@ def event_from_fields(**fields: Any) -> Row:
 
 
 def describe(exc: ValidationError) -> str:
-    """A one-line reason for a validation error, naming the field."""
+    """A one-line reason for a validation error, naming the field, in the product's words:
+    `missing field 'topic'`, `source: expected 1 to 255 characters, got 0`, `payload:
+    expected a JSON object, got array`, `timestamp: not an ISO-8601 time: 'x'`."""
+    expected = {
+        "string_type": "a string",
+        "dict_type": "a JSON object",
+        "model_type": "a JSON object",
+        "model_attributes_type": "a JSON object",
+        "list_type": "a JSON array",
+    }
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = ".".join(str(p) for p in err["loc"])
         kind = err["type"]
+        given = err.get("input")
         if kind == "json_invalid":
             detail = str(err.get("ctx", {}).get("error", err["msg"]))
-            parts.append("invalid JSON: " + detail.replace(" at line 1 column ", " at column "))
-        elif kind in ("dict_type", "model_type", "model_attributes_type") and not loc:
-            parts.append(f"expected a JSON object, got {json_type(err['input'])}")
+            reason = "invalid JSON: " + detail.replace(" at line 1 column ", " at column ")
         elif kind == "missing":
             parts.append(f"missing field '{loc}'")
+            continue
         elif kind == "value_error":
-            parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+            reason = str(err.get("ctx", {}).get("error", err["msg"].removeprefix("Value error, ")))
+        elif kind in ("string_too_short", "string_too_long") and isinstance(given, str):
+            reason = f"expected 1 to {MAX_NAME} characters, got {len(given)}"
+        elif kind in expected:
+            reason = f"expected {expected[kind]}, got {json_type(given)}"
         else:
-            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+            reason = err["msg"][:1].lower() + err["msg"][1:]
+        parts.append(f"{loc}: {reason}" if loc else reason)
     more = len(exc.errors()) - len(parts)
     if more > 0:
         parts.append(f"and {more} more")

@@ -367,8 +367,8 @@ def test_describe_gives_one_line_naming_each_field() -> None:
     text = describe(info.value)
     assert "\n" not in text
     assert text.split("; ") == [
-        "topic: Input should be a valid string",
-        "event_id: String should have at least 1 character",
+        "topic: expected a string, got number",
+        "event_id: expected 1 to 255 characters, got 0",
         "missing field 'timestamp'",
     ]
 
