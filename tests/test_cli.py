@@ -284,10 +284,10 @@ def test_publish_accepts_then_reports_a_duplicate(runner: CliRunner, db: Path) -
     args = ["publish", "--db", db, "--topic", "deploy", "--event-id", "build-417", "--source", "ci"]
     first = invoke(runner, *args, "-p", "status=ok")
     assert first.exit_code == 0
-    assert first.stdout == "accepted: deploy build-417\n"
+    assert (first.stdout, first.stderr) == ("", "accepted: deploy build-417\n")
     second = invoke(runner, *args, "-p", "status=changed")
     assert second.exit_code == 0
-    assert second.stdout == "duplicate (already stored): deploy build-417\n"
+    assert second.stderr == "duplicate (already stored): deploy build-417\n"
     assert len(contents(db)) == 1
     assert json.loads(contents(db)[0][4]) == {"status": "ok"}
     doc = stats_json(runner, db)
@@ -309,7 +309,7 @@ def test_publish_default_event_id_is_a_new_uuid_that_is_printed(
     first = invoke(runner, "publish", "--db", db, "--topic", "t", "--json")
     second = invoke(runner, "publish", "--db", db, "--topic", "t")
     id1 = json.loads(first.stdout)["event_id"]
-    id2 = second.stdout.split()[-1]
+    id2 = second.stderr.split()[-1]
     assert str(uuid.UUID(id1)) == id1
     assert str(uuid.UUID(id2)) == id2
     assert id1 != id2

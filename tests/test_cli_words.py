@@ -73,8 +73,9 @@ def test_reject_reasons_are_the_products_own_sentences(tmp_path: Path) -> None:
     [
         (["--topic", ""], "topic: expected 1 to 255 characters, got 0"),
         (["--topic", "t", "--timestamp", "x"], "timestamp: not an ISO-8601 time: 'x'"),
+        (["--topic", "t", "--payload", "[1]"], "--payload: expected a JSON object, got array"),
     ],
-    ids=["empty-topic", "bad-time"],
+    ids=["empty-topic", "bad-time", "payload"],
 )
 def test_publish_bad_values_speak_the_same_words(
     runner: CliRunner, tmp_path: Path, args: list[str], message: str
@@ -82,3 +83,20 @@ def test_publish_bad_values_speak_the_same_words(
     result = invoke(runner, "publish", "--db", tmp_path / "s.db", *args)
     assert result.exit_code == 2
     assert result.stderr == f"logagg: error: {message}\n"
+
+
+# --- stdout is data, stderr is for people -------------------------------------------------------
+
+
+def test_publish_says_its_verdict_on_stderr_and_prints_data_only_with_json(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    args = ["publish", "--db", db, "--topic", "deploy", "--event-id", "b1"]
+    first = run_logagg(*args)
+    assert (first.returncode, first.stdout, first.stderr) == (0, b"", b"accepted: deploy b1\n")
+    again = run_logagg(*args)
+    assert (again.stdout, again.stderr) == (b"", b"duplicate (already stored): deploy b1\n")
+    as_json = run_logagg(*args, "--json")
+    assert as_json.stderr == b""
+    assert json.loads(as_json.stdout) == {"accepted": False, "topic": "deploy", "event_id": "b1"}

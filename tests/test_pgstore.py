@@ -293,9 +293,9 @@ def test_cli_ingest_then_reingest_accepts_nothing(pg_url: str, tmp_path: Path) -
     stats = json.loads(run_logagg("stats", "--db", pg_url, "--json").stdout)
     assert stats["received"] == 12000 and PASSWORD not in json.dumps(stats)
     published = run_logagg("publish", "--db", pg_url, "--topic", "deploy", "--event-id", "b1")
-    assert (published.returncode, published.stdout) == (0, b"accepted: deploy b1\n")
+    assert (published.returncode, published.stderr) == (0, b"accepted: deploy b1\n")
     repeated = run_logagg("publish", "--db", pg_url, "--topic", "deploy", "--event-id", "b1")
-    assert (repeated.returncode, repeated.stdout) == (0, b"duplicate (already stored): deploy b1\n")
+    assert (repeated.returncode, repeated.stderr) == (0, b"duplicate (already stored): deploy b1\n")
     assert check_store(pg_url)["unique_processed"] == len(unique) + 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from typing import Annotated, Any
 
@@ -37,9 +38,13 @@ def publish(
     db: Db = DEFAULT_DB,
     json_: JsonOpt = False,
 ) -> None:
-    """Record one event given on the command line (a duplicate is reported, not an error)."""
-    from logagg.cli.render import console, print_json
-    from logagg.models import event_from_fields
+    """Record one event given on the command line.
+
+    A duplicate (the same topic and event id again) is reported, not an error. The verdict
+    is a message on stderr; --json prints it as data on stdout.
+    """
+    from logagg.cli.render import print_json
+    from logagg.models import event_from_fields, json_type
     from logagg.store import open_store
     from logagg.timestamps import utc_now
 
@@ -47,7 +52,7 @@ def publish(
     if payload is not None:
         body = _json_value("--payload", payload)
         if not isinstance(body, dict):
-            raise UsageError("--payload: must be a JSON object")
+            raise UsageError(f"--payload: expected a JSON object, got {json_type(body)}")
     body.update(_parse_fields(field or []))
     try:
         row = event_from_fields(
@@ -66,9 +71,9 @@ def publish(
     topic, event_id = row[0], row[1]
     if json_:
         print_json({"accepted": accepted, "topic": topic, "event_id": event_id})
-    else:
+    else:  # a message for people: stdout carries data only (--json)
         verdict = "accepted" if accepted else "duplicate (already stored)"
-        console().print(f"{verdict}: {printable(topic)} {printable(event_id)}", markup=False)
+        sys.stderr.write(f"{verdict}: {printable(topic)} {printable(event_id)}\n")
 
 
 def _json_value(option: str, text: str) -> Any:
