@@ -106,11 +106,6 @@ def test_publish_says_its_verdict_on_stderr_and_prints_data_only_with_json(
     assert json.loads(as_json.stdout) == {"accepted": False, "topic": "deploy", "event_id": "b1"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn's access log goes to stdout: logagg/http/__init__.py _log_config must point"
-    " the 'access' handler at ext://sys.stderr",
-)
 def test_serve_writes_its_access_log_to_stderr(tmp_path: Path) -> None:
     pytest.importorskip("uvicorn")
     port = free_port()

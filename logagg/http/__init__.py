@@ -25,8 +25,11 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _log_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up, with logagg's own messages at the same level."""
+    """uvicorn's logging set-up, with logagg's own messages at the same level; every log
+    line goes to stderr (stdout is for data)."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
     config["loggers"]["logagg"] = {
         "handlers": ["default"],
         "level": level.upper(),
