@@ -131,7 +131,8 @@ def events(
     topic: `service.name` (else `otel`); timestamp: `timeUnixNano`, else
     `observedTimeUnixNano`; source: `service.instance.id`, else `host.name`, else
     `source`; event_id: the `log.record.uid` attribute, else a content id of the event
-    (numbered by `occurrences`). Raises OtlpError when the request itself is not one.
+    without `source` (numbered by `occurrences`), so that the same record read from
+    elsewhere has the same id. Raises OtlpError when the request itself is not one.
     """
     out: Mapped = []
     for resource, scope, record in list(_records(doc)):
@@ -188,7 +189,10 @@ def _event(
     if isinstance(uid, str) and uid:
         event["event_id"] = uid
     else:
-        event["event_id"] = occurrences.content_id(event) if occurrences else content_id(event)
+        # The record's own content (its resource included), not a source given from
+        # outside: a file name or a client address differs between two reads of one record.
+        own = {"topic": event["topic"], "timestamp": event["timestamp"], "payload": payload}
+        event["event_id"] = occurrences.content_id(own) if occurrences else content_id(own)
     return event
 
 
