@@ -7,7 +7,7 @@ DEMO_DB ?= demo.db
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench clean postgres-server
+.PHONY: demo test lint bench clean postgres-server shipper-daemon
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,19 @@ postgres-server:
 	  elif command -v brew >/dev/null; then brew install -q postgresql; \
 	  else echo "install the PostgreSQL server (initdb, pg_ctl)" >&2; exit 1; fi; }
 
-test: $(STAMP) postgres-server
+# ... and a real log shipper: rsyslog with its Elasticsearch output (omelasticsearch).
+shipper-daemon:
+	@{ command -v rsyslogd || test -x /usr/sbin/rsyslogd; } >/dev/null && \
+	  ls /usr/lib/rsyslog/omelasticsearch.so /usr/lib/*/rsyslog/omelasticsearch.so \
+	     /usr/lib64/rsyslog/omelasticsearch.so 2>/dev/null | grep -q . || { \
+	  echo "installing rsyslog and its Elasticsearch output for the tests"; \
+	  if command -v apt-get >/dev/null; then $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsyslog rsyslog-elasticsearch; \
+	  elif command -v dnf >/dev/null; then $(SUDO) dnf install -y -q rsyslog rsyslog-elasticsearch; \
+	  elif command -v apk >/dev/null; then $(SUDO) apk add -q rsyslog rsyslog-elasticsearch; \
+	  else echo "install rsyslog with its Elasticsearch output (omelasticsearch)" >&2; exit 1; fi; }
+
+test: $(STAMP) postgres-server shipper-daemon
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
