@@ -1,9 +1,12 @@
 """The HTTP API: routes over the service, errors as JSON.
 
 Endpoints: `GET /` (what this service is), `POST /publish`, `GET /events`, `GET /stats`,
-`GET /health`, `GET /metrics`; OpenAPI docs at `/docs`. Every request passes the metrics,
-the error boundary and the access rules (security.Guard) first. Behaviour is documented
-in the README ("serve: the HTTP API").
+`GET /health`, `GET /metrics`; OpenAPI docs at `/docs`. Shippers' protocols are adapters
+of their own over the same service: Elasticsearch bulk (es.py, `/es/...`), OTLP logs
+(otlp.py, `/v1/logs`), CloudEvents (cloudevents.py, `/cloudevents`, binary mode on
+`/publish`), NDJSON and compressed publish bodies (formats.py). Every request passes the
+metrics, the error boundary and the access rules (security.Guard) first. Behaviour is
+documented in the README ("serve: the HTTP API", "Send from your shipper").
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logagg import __version__
 from logagg.errors import StoreError
-from logagg.http.body import CLOUDEVENTS_TYPES, NotEvents, publish_document
+from logagg.http import cloudevents, es, otlp
+from logagg.http.body import NotEvents, publish_document
+from logagg.http.formats import publish_other
+from logagg.http.intake import ClientGone, json_media, read_body
 from logagg.http.metrics import CONTENT_TYPE, RequestMetrics
 from logagg.http.schemas import (
     _PUBLISH_BODY,
@@ -48,57 +54,17 @@ RETRY_AFTER_SECONDS = 1
 MAX_BODY_BYTES = 8 << 20  # with SERVE_OPTIONS.queue_size: the memory bound of the queue
 EVENTS_LIMIT_MAX = 1000
 ENDPOINTS = {
-    "POST /publish": "store one event, {'events': [...]} or an array (CloudEvents too)",
+    "POST /publish": "store one event, {'events': [...]} or an array (CloudEvents too),"
+    " or NDJSON (one event a line; ?preset=)",
+    "POST /cloudevents": "store CloudEvents: binary, structured or batched mode",
+    "POST /es/_bulk": "the Elasticsearch bulk API, for shippers (also /es/{index}/_bulk)",
+    "POST /v1/logs": "OpenTelemetry logs (OTLP/HTTP, protobuf or JSON)",
     "GET /events": "stored events: topic, source, since, until, limit, order",
     "GET /stats": "counters and topics of the store",
     "GET /health": "whether the writer can write (no token needed)",
     "GET /metrics": "metrics in the Prometheus text format",
     "GET /docs": "interactive API documentation",
 }
-
-
-class ClientGone(Exception):
-    """The client went away before its whole body arrived."""
-
-    def __init__(self, received: int) -> None:
-        super().__init__(f"{received} bytes")
-        self.received = received
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body; raises HTTPException(413) beyond `limit` bytes, without reading on,
-    and ClientGone when the client disconnects first."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the body is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"the body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientGone(size) from None
-    return b"".join(chunks)
-
-
-def json_media(request: Request) -> bool:
-    """True for a CloudEvents body; raises HTTPException(415) unless the body is JSON
-    (a web page can send text/plain or a form without asking: those are refused)."""
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media in CLOUDEVENTS_TYPES:
-        return True
-    if media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    ):
-        return False
-    raise HTTPException(
-        415,
-        f"the body must be sent as JSON (Content-Type: application/json), not"
-        f" {media[:100] or 'without a Content-Type'}",
-    )
 
 
 class InternalErrors:
@@ -228,11 +194,16 @@ def create_app(
 
         A batch is partly accepted: invalid events are counted and listed in `errors`.
         """
-        cloudevents = json_media(request)
+        other = await publish_other(request, service, max_body_bytes)
+        if other is not None:
+            return other
+        is_cloudevents = json_media(request)
         body = await read_body(request, max_body_bytes)
         deadline = time.monotonic() + service.queue_timeout
         try:
-            parsed, future = await run_in_threadpool(service.publish, body, deadline, cloudevents)
+            parsed, future = await run_in_threadpool(
+                service.publish, body, deadline, is_cloudevents
+            )
         except queue.Full:
             logger.warning("the write queue stayed full for %g s: 503", service.queue_timeout)
             raise HTTPException(
@@ -309,6 +280,10 @@ def create_app(
             doc["retry_after_seconds"] = round(problem[1], 3)
             headers["Retry-After"] = str(service.retry_after(WriterDown("", problem[1])))
         return JSONResponse(doc, status_code=200 if problem is None else 503, headers=headers)
+
+    es.register(app, service, max_body_bytes)
+    otlp.register(app, service, max_body_bytes)
+    cloudevents.register(app, service, max_body_bytes)
 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:
