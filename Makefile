@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DB ?= demo.db
+DEMO_REJECTS ?= demo-rejects.jsonl
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -14,14 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# The story of the samples in a few lines: duplicates dropped, bad lines rejected with a
+# reason, a re-run that adds nothing, a query, and counters that agree with the rows.
 demo: $(STAMP)
-	rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
-	$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl samples/resend.jsonl
-	$(BIN)/logagg ingest --db $(DEMO_DB) --rejects demo-rejects.jsonl samples/bad.jsonl
-	$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl
-	$(BIN)/logagg stats --db $(DEMO_DB) --format table
-	$(BIN)/logagg events --db $(DEMO_DB) --topic user.login --limit 5 --format table
-	$(BIN)/logagg check --db $(DEMO_DB)
+	@rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	@echo "samples/: $$(grep -c . samples/events.jsonl) events, $$(grep -c . samples/resend.jsonl) lines re-sending some of them (as a retry does), and $$(grep -c . samples/bad.jsonl) lines, some broken."
+	@echo "1. Ingest the events and the re-sends: every re-sent copy is dropped as a duplicate."
+	@$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl samples/resend.jsonl
+	@echo "2. Ingest the broken file: each bad line is rejected with its reason (all kept in $(DEMO_REJECTS)); the good ones are stored."
+	@$(BIN)/logagg ingest --db $(DEMO_DB) --rejects $(DEMO_REJECTS) samples/bad.jsonl
+	@echo "3. Ingest the events again, as a re-run would: nothing new is stored."
+	@$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl
+	@echo "4. Ask the store: the newest logins (logagg events --topic user.login --limit 3)."
+	@$(BIN)/logagg events --db $(DEMO_DB) --topic user.login --limit 3 --format table
+	@echo "5. Check it: the counters agree with the stored rows (logagg check)."
+	@$(BIN)/logagg check --db $(DEMO_DB)
+	@echo "Next: $(BIN)/logagg stats --db $(DEMO_DB), or $(BIN)/logagg events --db $(DEMO_DB) --since 2025-01-01T10:20Z"
 
 # The tests start a throwaway PostgreSQL server of their own: install one if missing.
 postgres-server:
