@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from logagg import __version__
-from logagg.cli import gen, ingest, publish, read, serve
+from logagg.cli import gen, ingest, maintenance, publish, read, serve, subscribe
 from logagg.cli.output import guard_streams, printable
 from logagg.errors import ExitCode, LogaggError, exit_code_for
 
@@ -125,6 +125,11 @@ app.command()(read.stats)
 app.command()(read.check)
 app.command()(gen.gen)
 app.command()(serve.serve)
+app.command()(subscribe.cursors)
+app.command()(maintenance.prune)
+app.command()(maintenance.vacuum)
+app.command()(maintenance.backup)
+app.command()(maintenance.conflicts)
 
 
 def main() -> None:

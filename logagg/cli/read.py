@@ -8,6 +8,7 @@ import typer
 
 from logagg.cli.options import DEFAULT_DB, Db, Format, FormatOpt, JsonOpt, Order
 from logagg.cli.paths import Reads, check_outputs
+from logagg.cli.subscribe import AfterOpt, CursorOpt, FollowOpt, SeqOpt
 from logagg.errors import Unhealthy, UsageError
 
 
@@ -25,6 +26,10 @@ def events(
     ] = Order.desc,
     fmt: FormatOpt = None,
     db: Db = DEFAULT_DB,
+    follow: FollowOpt = False,
+    cursor: CursorOpt = None,
+    after: AfterOpt = None,
+    seq: SeqOpt = True,
 ) -> None:
     """List stored events in the input schema, with their original payloads."""
     from logagg.cli.render import choose_format, write_events
@@ -41,6 +46,14 @@ def events(
         )
     except BadTime as exc:
         raise UsageError(f"--{exc.name}: {exc}") from None
+    if follow or cursor is not None or after is not None:
+        from logagg.cli.subscribe import in_commit_order
+
+        last = None if all_ else limit
+        in_commit_order(
+            db, query, follow=follow, cursor=cursor, after=after, last=last, fmt=fmt, seq=seq
+        )
+        return
     check_outputs(Reads(db), writes_stdout=True)
     with open_store(db, create=False) as store:
         rows = store.events(query)

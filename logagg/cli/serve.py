@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from logagg.cli.options import DEFAULT_DB, Db
+from logagg.cli.options import DEFAULT_DB, Db, RetainOpt, parse_retain
 from logagg.errors import LogaggError
 
 
@@ -36,6 +36,7 @@ def serve(
         ),
     ] = False,
     db: Db = DEFAULT_DB,
+    retain: RetainOpt = None,
 ) -> None:
     """Serve the HTTP API (POST /publish, GET /events, /stats, /health, /metrics) on the store."""
     missing = [
@@ -50,4 +51,13 @@ def serve(
     from logagg.http.security import load_token
 
     token = load_token(token_file)
-    run(db=db, host=host, port=port, log_level=log_level.lower(), token=token, insecure=insecure)
+    kept = parse_retain(retain)
+    run(
+        db=db,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        token=token,
+        insecure=insecure,
+        retain=kept,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -13,7 +14,9 @@ from logagg import __version__
 from logagg.errors import LogaggError, UsageError
 from logagg.http.app import create_app
 from logagg.http.security import is_loopback
-from logagg.http.service import store_label
+from logagg.http.service import SERVE_OPTIONS, store_label
+from logagg.http.subscribe import end_streams_on_exit
+from logagg.pipeline import IngestOptions
 from logagg.store import open_store
 
 __all__ = ["create_app", "run"]
@@ -53,6 +56,11 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _options(retain: float | None) -> IngestOptions:
+    """The writer's options: the server's, with a retention when one is given."""
+    return SERVE_OPTIONS if retain is None else replace(SERVE_OPTIONS, retain=retain)
+
+
 def run(
     db: str,
     host: str = "127.0.0.1",
@@ -61,8 +69,10 @@ def run(
     *,
     token: str | None = None,
     insecure: bool = False,
+    retain: float | None = None,
 ) -> None:
     """Serve the API until SIGINT or SIGTERM; what is queued is committed before it returns.
+    `retain`: seconds after which the writer prunes events (see Store.configure).
 
     Listening beyond loopback needs a `token` (or `insecure`). Raises UsageError for an
     unknown log level or a non-loopback address without a token, StoreError when the store
@@ -87,7 +97,7 @@ def run(
             )
         open_store(db).close()  # a bad store is one line of error before anything listens
         config = uvicorn.Config(
-            create_app(db, token=token, insecure=insecure),
+            create_app(db, _options(retain), token=token, insecure=insecure),
             host=host,
             port=port,
             log_level=level,
@@ -111,6 +121,7 @@ def run(
                 shown,
             )
         server = uvicorn.Server(config)
+        end_streams_on_exit(server)
         try:
             server.run(sockets=[sock])
         except SystemExit as exc:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from logagg import __version__
 from logagg.errors import StoreError
-from logagg.http import cloudevents, es, otlp
+from logagg.http import cloudevents, es, otlp, subscribe
 from logagg.http.body import NotEvents, publish_document
 from logagg.http.formats import publish_other
 from logagg.http.intake import ClientGone, json_media, read_body
@@ -241,8 +241,11 @@ def create_app(
         order: Annotated[
             Literal["desc", "asc"], Query(description="By timestamp, newest first by default.")
         ] = "desc",
+        after: Annotated[int | None, Query(ge=0, description=subscribe.AFTER)] = None,
     ) -> Response:
         """Stored events, newest first, in the input schema with their original payloads."""
+        if after is not None:
+            return subscribe.events_after(service, after, topic, source, since, until, limit)
         try:
             query = EventQuery.parse(
                 topic=topic,
@@ -284,6 +287,7 @@ def create_app(
     es.register(app, service, max_body_bytes)
     otlp.register(app, service, max_body_bytes)
     cloudevents.register(app, service, max_body_bytes)
+    subscribe.register(app, service)
 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:

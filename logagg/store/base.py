@@ -481,9 +481,10 @@ class Store(ABC):
         self._next_retain = 0.0 if pruned >= PRUNE_STEP else time.monotonic() + RETAIN_EVERY_SECONDS
         return pruned
 
-    def retention_step(self, before: str, limit: int = PRUNE_STEP) -> int:
-        """Prune at most `limit` events older than `before`, in one short transaction per
-        topic that has any; returns how many."""
+    def retention_step(self, before: str, limit: int | None = None) -> int:
+        """Prune at most `limit` (PRUNE_STEP) events older than `before`, in one short
+        transaction per topic that has any; returns how many."""
+        limit = PRUNE_STEP if limit is None else limit
         done = 0
         for topic, _, first, _, _, _ in self._read_topics():
             if first is None or first >= before or done >= limit:
@@ -633,7 +634,7 @@ class Store(ABC):
         topic: str | None = None,
         forget_keys: bool = False,
         dry_run: bool = False,
-        step: int = PRUNE_STEP,
+        step: int | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> PruneResult:
         """Make stored events older than `before` (of `topic`, or all) tombstones: their
@@ -642,6 +643,7 @@ class Store(ABC):
         prunes), so that such events would be accepted again. Each step is its own short
         transaction; `stop()` ends the work between steps. `dry_run`: count only."""
         before = normalize_timestamp(before)
+        step = PRUNE_STEP if step is None else step
         result = PruneResult(before, dry_run=dry_run)
         topics = [topic] if topic is not None else [t[0] for t in self._read_topics()]
         for name in topics:

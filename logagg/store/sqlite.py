@@ -196,8 +196,10 @@ _NEW_PER_TOPIC = (
 _UPSERT_TOPIC = (
     "INSERT INTO topics (topic, events, first_timestamp, last_timestamp) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (topic) DO UPDATE SET events = events + excluded.events,"
-    " first_timestamp = min(first_timestamp, excluded.first_timestamp),"
-    " last_timestamp = max(last_timestamp, excluded.last_timestamp)"
+    " first_timestamp = min(coalesce(first_timestamp, excluded.first_timestamp),"
+    " excluded.first_timestamp),"  # NULL once every event of the topic was pruned
+    " last_timestamp = max(coalesce(last_timestamp, excluded.last_timestamp),"
+    " excluded.last_timestamp)"
 )
 _ADD_COUNTERS = (
     "UPDATE counters SET received = received + ?, accepted = accepted + ?,"
