@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DB ?= demo.db
+# make bench compares ingest with the code before commit order, retention and conflicts
+BENCH_AGAINST ?= b8e61de
 DEMO_REJECTS ?= demo-rejects.jsonl
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -70,6 +72,10 @@ bench: $(STAMP) postgres-server
 	  $(BIN)/python bench/pg_bench.py; } > bench/RESULTS-postgres.md.new
 	mv bench/RESULTS-postgres.md.new bench/RESULTS-postgres.md
 	cat bench/RESULTS-postgres.md
+	# ingest with conflict detection against the code before it; follow latency
+	$(BIN)/python bench/compare.py --against $(BENCH_AGAINST) --rounds 5
+	$(BIN)/python bench/compare.py --against $(BENCH_AGAINST) --rounds 3 --conflicts 0.2
+	$(BIN)/python bench/follow_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo.db* demo-rejects.jsonl

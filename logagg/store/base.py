@@ -324,6 +324,9 @@ class Store(ABC):
     _ORDER: ClassVar[str] = "seq"
     _GREATEST: ClassVar[str]
     _SELECT: ClassVar[str]  # topic, event_id, timestamp, source, payload, extra, ingested_at, seq
+    # Positions one read in commit order covers at most, where seq has only a BRIN index
+    # (PostgreSQL); None: a B-tree orders them (SQLite's rowid).
+    _SPAN: ClassVar[int | None] = None
 
     keep_last: bool = False  # a conflicting copy replaces the stored one
     on_notice: Notice | None = None  # where warnings go (else the logagg.store logger)
@@ -555,16 +558,19 @@ class Store(ABC):
             horizon = self._horizon()
             if horizon <= position:
                 return Page((), position, False)
+            upto = horizon
+            if self._SPAN is not None:
+                upto = min(horizon, position + max(self._SPAN, 4 * limit))
             where, params = self._where(query)
             mark = self._MARK
             where += [f"seq > {mark}", f"seq <= {mark}"]
             sql = f"{self._SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
             with self._snapshot():
-                rows = list(self._query(sql, [*params, position, horizon, limit]))
+                rows = list(self._query(sql, [*params, position, upto, limit]))
         events = tuple(StoredEvent(*row[:8]) for row in rows)
         if len(rows) >= limit:
             return Page(events, int(rows[-1][7]), True)
-        return Page(events, horizon, False)
+        return Page(events, upto, upto < horizon)
 
     def start_position(self, query: EventQuery, last: int | None) -> int:
         """Where reading in commit order starts: before the last `last` events matching
@@ -582,12 +588,26 @@ class Store(ABC):
                     return horizon if found is None else int(found) - 1
                 if last <= 0:
                     return horizon
+                low = self._low_end(conditions, params, horizon, last)
                 sql = (
-                    f"SELECT seq FROM events WHERE {conditions} ORDER BY seq DESC"
-                    f" LIMIT 1 OFFSET {self._MARK}"
+                    f"SELECT seq FROM events WHERE {conditions} AND seq > {self._MARK}"
+                    f" ORDER BY seq DESC LIMIT 1 OFFSET {self._MARK}"
                 )
-                found = next(self._query(sql, [*params, last - 1]), None)
+                found = next(self._query(sql, [*params, low, last - 1]), None)
         return 0 if found is None else int(found[0]) - 1
+
+    def _low_end(self, conditions: str, params: list[Any], horizon: int, last: int) -> int:
+        """A position low enough that at least `last` matches lie above it (or 0): widened
+        step by step where seq has no B-tree, so that no read sorts the whole table."""
+        if self._SPAN is None:
+            return 0
+        span = max(self._SPAN, 4 * last)
+        while True:
+            low = max(0, horizon - span)
+            sql = f"SELECT count(*) FROM events WHERE {conditions} AND seq > {self._MARK}"
+            if low == 0 or int(next(self._query(sql, [*params, low]))[0]) >= last:
+                return low
+            span *= 4
 
     def cursor(self, name: str) -> int | None:
         """The position saved under `name`, or None when there is no such cursor."""
