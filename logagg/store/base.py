@@ -332,6 +332,7 @@ class Store(ABC):
     on_notice: Notice | None = None  # where warnings go (else the logagg.store logger)
     _retain: float | None = None  # seconds: `maintain` prunes events older than this
     _next_retain: float = 0.0
+    _maintain_failed = False
 
     # --- primitives ----------------------------------------------------------------------
 
@@ -475,13 +476,22 @@ class Store(ABC):
     def maintain(self) -> int:
         """Housekeeping for a writer to run after its commits, each step short: the
         backend's (the WAL), and with a retention, pruning old events. Returns the events
-        pruned."""
-        self._maintain()
-        if self._retain is None or time.monotonic() < self._next_retain:
+        pruned. It never fails the writer: a step that fails (the store stayed locked, say)
+        is said once (while it keeps failing) and tried again later."""
+        try:
+            self._maintain()
+            if self._retain is None or time.monotonic() < self._next_retain:
+                return 0
+            self._next_retain = time.monotonic() + RETAIN_EVERY_SECONDS
+            pruned = self.retention_step(cutoff(self._retain))
+        except StoreError as exc:
+            if not self._maintain_failed:
+                self.notice(f"pruning or checkpointing failed, tried again later: {exc}")
+            self._maintain_failed = True
             return 0
-        pruned = self.retention_step(cutoff(self._retain))
-        # A full step: more may be due, so look again after the next commit.
-        self._next_retain = 0.0 if pruned >= PRUNE_STEP else time.monotonic() + RETAIN_EVERY_SECONDS
+        self._maintain_failed = False
+        if pruned >= PRUNE_STEP:  # a full step: more may be due, look again after the next commit
+            self._next_retain = 0.0
         return pruned
 
     def retention_step(self, before: str, limit: int | None = None) -> int:
