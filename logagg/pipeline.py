@@ -57,6 +57,8 @@ class IngestOptions:
     rotate_wait: float = ROTATE_WAIT_SECONDS  # a rotated file is read until quiet this long
     assume_tz: str = "UTC"  # the zone of times without an offset: an IANA name or "local"
     commit_when_idle: bool = False  # commit at once when nothing else is queued (a server)
+    keep_last: bool = False  # a copy of a stored key with other content replaces it
+    retain: float | None = None  # seconds: the writer prunes older events as it goes
 
 
 @dataclass(slots=True)
@@ -67,6 +69,8 @@ class IngestReport:
     accepted: int = 0
     duplicates: int = 0
     invalid: int = 0
+    conflicts: int = 0  # of the duplicates, copies whose content differed from the stored
+    pruned: int = 0  # events the writer pruned (with a retention)
     elapsed_seconds: float = 0.0
     source_errors: list[str] = field(default_factory=list)
     times: NaiveTimes = field(default_factory=NaiveTimes)  # naive times met, and their zone
@@ -81,6 +85,8 @@ class IngestReport:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "invalid": self.invalid,
+            "conflicts": self.conflicts,
+            "pruned": self.pruned,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "events_per_second": round(self.events_per_second, 1),
             "naive_timestamps": self.times.naive,
@@ -97,14 +103,18 @@ class _Ack:
     invalid: int
     received: int = 0
     accepted: int = 0
+    per_part: list[int] = field(default_factory=list)  # rows accepted from each RowBatch
 
     def committed(self, count: int, accepted: int) -> None:
         self.remaining -= 1
         self.received += count
         self.accepted += accepted
+        if count:
+            self.per_part.append(accepted)
         if self.remaining <= 0:
             dup = self.received - self.accepted
-            self.future.set_result(BatchResult(self.accepted, dup, self.invalid))
+            per_part = tuple(self.per_part)
+            self.future.set_result(BatchResult(self.accepted, dup, self.invalid, per_part))
 
 
 @dataclass(slots=True)
@@ -179,6 +189,7 @@ class _Consumer(threading.Thread):
 
     def run(self) -> None:
         try:
+            self._configure()
             self._loop()
         except BaseException as exc:  # handed to the reader, which re-raises it
             self.error = exc
@@ -238,6 +249,11 @@ class _Consumer(threading.Thread):
         r.duplicates += result.duplicates
         r.invalid += result.invalid
         r.received += result.accepted + result.duplicates + result.invalid
+        r.conflicts += result.conflicts
+        r.pruned += self.store.maintain()  # after the acknowledgements: never delays them
+
+    def _configure(self) -> None:
+        self.store.configure(keep_last=self.options.keep_last, retain=self.options.retain)
 
     def _write(self) -> BatchResult:
         """One transaction of what is pending; with `healing`, until it commits."""
@@ -277,6 +293,7 @@ class _Consumer(threading.Thread):
             self._backoff = min(self._backoff * 2, RETRY_MAX_SECONDS)
             try:
                 self.store = healing.reopen()
+                self._configure()
                 return
             except StoreError as again:
                 if last:
@@ -375,18 +392,25 @@ class Writer:
         return max(0.0, self._consumer.retry_at - time.monotonic())
 
     def submit(
-        self, rows: Sequence[Row], invalid: int = 0, timeout: float | None = None
+        self,
+        rows: Sequence[Row],
+        invalid: int = 0,
+        timeout: float | None = None,
+        *,
+        each: bool = False,
     ) -> Future[BatchResult]:
         """Queue rows for the writer; raises queue.Full if no room came within `timeout`.
 
-        The future cannot be cancelled: once submitted, a batch is written.
+        The future cannot be cancelled: once submitted, a batch is written. `each`: the
+        result's `per_batch` says of every row, in order, whether it was stored (1) or was
+        a duplicate (0).
         """
         future: Future[BatchResult] = Future()
         future.set_running_or_notify_cancel()
         if not rows and not invalid:
             future.set_result(BatchResult(0, 0, 0))
             return future
-        size = self.options.batch_size
+        size = 1 if each else self.options.batch_size
         parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
         self.put(_Batch(parts, invalid, _Ack(future, len(parts), invalid)), timeout)
         return future

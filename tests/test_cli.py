@@ -22,6 +22,8 @@ from logagg import __version__
 REPORT_KEYS = {
     "naive_timestamps",
     "assumed_tz",
+    "conflicts",
+    "pruned",
     "received",
     "accepted",
     "duplicates",

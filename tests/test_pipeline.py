@@ -90,12 +90,15 @@ def test_report_counts_a_file_with_duplicates_invalid_and_blank_lines(
         "accepted",
         "duplicates",
         "invalid",
+        "conflicts",
+        "pruned",
         "elapsed_seconds",
         "events_per_second",
         "naive_timestamps",
         "assumed_tz",
     }
     assert (doc["received"], doc["accepted"], doc["duplicates"], doc["invalid"]) == (9, 4, 2, 3)
+    assert (doc["conflicts"], doc["pruned"]) == (1, 0)  # e2 came again with another payload
     assert (doc["naive_timestamps"], doc["assumed_tz"]) == (0, "UTC")
 
 

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from logagg.cli.options import DEFAULT_DB, Db, Emit
+from logagg.cli.options import (
+    DEFAULT_DB,
+    Db,
+    Emit,
+    OnConflict,
+    OnConflictOpt,
+    RetainOpt,
+    parse_retain,
+)
 from logagg.cli.output import printable
 from logagg.cli.paths import Reads, RejectsFile, check_outputs, open_rejects
 from logagg.errors import (
@@ -93,9 +101,12 @@ def ingest(
         Emit | None,
         typer.Option(
             help="Write each committed new (or dropped duplicate) event to stdout as JSON "
-            "lines, in input order.",
+            "lines, in input order; at most once (a crash between a commit and its write "
+            "loses those lines): `events --follow --cursor` is the durable way.",
         ),
     ] = None,
+    retain: RetainOpt = None,
+    on_conflict: OnConflictOpt = OnConflict.keep_first,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -189,6 +200,8 @@ def ingest(
     except ValueError as exc:
         raise UsageError(f"--assume-tz: {exc}") from None
     options = IngestOptions(
+        keep_last=on_conflict is OnConflict.keep_last,
+        retain=parse_retain(retain),
         batch_size=batch_size,
         flush_interval=flush_interval,
         queue_size=queue_size,
@@ -219,6 +232,7 @@ def ingest(
             _stop_on_signals(stop) as caught,
             file_progress(show_progress) as progress,
         ):
+            store.on_notice = _warn
             report = run_ingest(
                 store,
                 sources,
@@ -285,6 +299,12 @@ def _rejects_file(
         yield sink
     finally:
         sink.close()
+
+
+def _warn(message: str) -> None:
+    """A warning from the store (a WAL that a reader keeps growing), once, as it happens."""
+    sys.stderr.write(f"logagg: warning: {printable(message)}\n")
+    sys.stderr.flush()
 
 
 def _notice(message: str, problem: bool) -> None:

@@ -154,7 +154,8 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
     summary.add_row("first event", _text(stats.first_timestamp or "-"))
     summary.add_row("last event", _text(stats.last_timestamp or "-"))
     summary.add_row("last ingest", _text(stats.last_ingest_at or "-"))
-    summary.add_row("database", _text(f"{stats.database} ({human_bytes(stats.size_bytes)})"))
+    wal = "" if stats.wal_bytes is None else f", WAL {human_bytes(stats.wal_bytes)}"
+    summary.add_row("database", _text(f"{stats.database} ({human_bytes(stats.size_bytes)}{wal})"))
     con.print(summary)
     if stats.topics:
         topics = Table(show_edge=False, pad_edge=False)
@@ -166,7 +167,10 @@ def write_stats(stats: StoreStats, fmt: Format) -> None:
         topics.add_column("last", no_wrap=True, min_width=27)
         for name, t in stats.topics.items():
             topics.add_row(
-                _text(name), f"{t.events:,}", _text(t.first_timestamp), _text(t.last_timestamp)
+                _text(name),
+                f"{t.events:,}",
+                _text(t.first_timestamp or "-"),
+                _text(t.last_timestamp or "-"),
             )
         con.print()
         con.print(topics)
@@ -196,11 +200,20 @@ def write_report(report: IngestReport) -> None:
             f"{times.naive:,} timestamps had no offset: taken as {times.name} (--assume-tz){twice}",
             markup=False,
         )
+    if report.conflicts:
+        con.print(
+            f"{report.conflicts:,} of the duplicates differed from the stored copy (conflicts:"
+            " see `logagg conflicts`)",
+            markup=False,
+        )
+    if report.pruned:
+        con.print(f"{report.pruned:,} events older than --retain were pruned", markup=False)
 
 
 def write_check(result: CheckResult, as_json: bool) -> None:
     if as_json:
-        print_json({"ok": result.ok, "problems": result.problems, **result.facts})
+        doc = {"ok": result.ok, "problems": result.problems, "warnings": result.warnings}
+        print_json({**doc, **result.facts})
         return
     con = console(stderr=True)
     if result.ok:
@@ -214,6 +227,8 @@ def write_check(result: CheckResult, as_json: bool) -> None:
         )
     for problem in result.problems:
         con.print(f"problem: {printable(problem)}", markup=False)
+    for warning in result.warnings:
+        con.print(f"warning: {printable(warning)}", markup=False)
 
 
 class RejectPrinter:
