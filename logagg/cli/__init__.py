@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from logagg import __version__
-from logagg.cli import gen, ingest, maintenance, publish, read, serve, subscribe
+from logagg.cli import gen, ingest, maintenance, publish, read, serve, subscribe, usage
 from logagg.cli.output import guard_streams, printable
 from logagg.errors import ExitCode, LogaggError, exit_code_for
 
@@ -31,6 +31,7 @@ class _App(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        usage.enable_completion()
         try:
             code = super().main(
                 args=args,
@@ -98,7 +99,6 @@ app = typer.Typer(
     cls=_App,
     name="logagg",
     help="Keep every event of an at-least-once stream exactly once, in a local SQLite file.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -106,8 +106,9 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -116,20 +117,27 @@ def _root(
     ] = False,
 ) -> None:
     """Keep every event of an at-least-once stream exactly once, in a local SQLite file."""
+    if ctx.invoked_subcommand is None:  # `logagg` alone: an overview, not an error
+        sys.stdout.write(usage.overview())
 
 
-app.command()(ingest.ingest)
-app.command()(publish.publish)
-app.command()(read.events)
-app.command()(read.stats)
-app.command()(read.check)
-app.command()(gen.gen)
-app.command()(serve.serve)
-app.command()(subscribe.cursors)
-app.command()(maintenance.prune)
-app.command()(maintenance.vacuum)
-app.command()(maintenance.backup)
-app.command()(maintenance.conflicts)
+for _command in (
+    ingest.ingest,
+    publish.publish,
+    read.events,
+    read.stats,
+    read.check,
+    gen.gen,
+    serve.serve,
+    subscribe.cursors,
+    maintenance.prune,
+    maintenance.vacuum,
+    maintenance.backup,
+    maintenance.conflicts,
+    usage.completion,
+):
+    _name = _command.__name__
+    app.command(_name, cls=usage.Command, short_help=usage.SUMMARIES[_name])(_command)
 
 
 def main() -> None:

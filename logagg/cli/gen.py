@@ -9,15 +9,17 @@ import typer
 
 
 def gen(
-    count: Annotated[int, typer.Argument(min=0, help="How many lines to write.")],
+    count: Annotated[int, typer.Argument(min=0, metavar="COUNT", help="How many lines to write.")],
     dup_rate: Annotated[
         float,
         typer.Option(
             min=0.0, max=0.99, metavar="SHARE", help="Share of lines that re-send an earlier event."
         ),
     ] = 0.2,
-    topics: Annotated[int, typer.Option(min=1, help="How many topics.")] = 10,
-    seed: Annotated[int, typer.Option(help="The same seed gives the same lines.")] = 42,
+    topics: Annotated[int, typer.Option(min=1, metavar="N", help="How many topics.")] = 10,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="The same seed gives the same lines.")
+    ] = 42,
 ) -> None:
     """Write deterministic synthetic events, for benchmarks and demos.
 

@@ -43,32 +43,49 @@ def ingest(
         list[str] | None,
         typer.Argument(
             metavar="PATH...",
-            help="JSON-lines files (.gz too); '-' or none reads stdin.",
+            help="JSON-lines files, plain or compressed (gzip, zstd); '-' or none reads stdin.",
             show_default=False,
         ),
     ] = None,
     db: Db = DEFAULT_DB,
-    batch_size: Annotated[int, typer.Option(min=1, help="Most events per transaction.")] = 50_000,
+    batch_size: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Most events per transaction.")
+    ] = 50_000,
     flush_interval: Annotated[
         float,
-        typer.Option(min=0.001, help="Most seconds an event waits before its transaction commits."),
+        typer.Option(
+            min=0.001,
+            metavar="SECONDS",
+            help="Most seconds an event waits before its transaction commits.",
+        ),
     ] = 0.2,
     queue_size: Annotated[
         int,
         typer.Option(
-            min=1, help="Batches that may wait between reader and writer (the memory bound)."
+            min=1,
+            metavar="N",
+            help="Batches that may wait between reader and writer (the memory bound).",
         ),
     ] = 12,
     max_line_bytes: Annotated[
-        int, typer.Option(min=64, help="Longer lines are rejected without being read into memory.")
+        int,
+        typer.Option(
+            min=64,
+            metavar="BYTES",
+            help="Longer lines are rejected without being read into memory.",
+        ),
     ] = 1 << 20,
     rejects: Annotated[
         Path | None,
         typer.Option(
-            help="Write rejected lines here as JSON lines: file, line, error, raw.", dir_okay=False
+            metavar="PATH",
+            help="Write rejected lines here as JSON lines: file, line, error, raw.",
+            dir_okay=False,
         ),
     ] = None,
-    strict: Annotated[bool, typer.Option(help="Exit 3 if any line was rejected.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 3 if any line was rejected.")
+    ] = False,
     json_: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON on stdout.")
     ] = False,
@@ -111,7 +128,7 @@ def ingest(
         str | None,
         typer.Option(
             help="Read a known log format: cloudevents, docker, pino, bunyan, structlog, "
-            "journald or gelf.",
+            "journald, gelf or otlp.",
             rich_help_panel="Your logs",
         ),
     ] = None,
@@ -147,6 +164,7 @@ def ingest(
     id_from_content: Annotated[
         bool,
         typer.Option(
+            "--id-from-content",
             help="Lines without an id get a stable hash of their content as event_id.",
             rich_help_panel="Your logs",
         ),
@@ -223,6 +241,9 @@ def ingest(
         rejects=None if rejects is None else str(rejects),
         writes_stdout=emit is not None or json_,
     )
+    if not quiet and any(s.is_stdin for s in sources) and sys.stdin.isatty():
+        sys.stderr.write("logagg: reading events from stdin (Ctrl-D to end)\n")
+        sys.stderr.flush()
     stop = threading.Event()
     emitter = Emitter(emit, on_failure=stop.set) if emit is not None else None
     with _rejects_file(rejects, reads, stop) as sink:

@@ -127,7 +127,9 @@ def backup(
 
 def conflicts(
     topic: Annotated[str | None, typer.Option(help="Only this topic (exact match).")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Most conflicts to list.")] = 100,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, metavar="N", help="Most conflicts to list.")
+    ] = 100,
     all_: Annotated[bool, typer.Option("--all", help="List every one (no limit).")] = False,
     fmt: FormatOpt = None,
     json_: JsonOpt = False,

@@ -19,13 +19,18 @@ def publish(
     topic: Annotated[str, typer.Option(help="The event's topic.")],
     event_id: Annotated[
         str | None,
-        typer.Option(help="The event's id [default: a new UUID, printed].", show_default=False),
+        typer.Option(
+            metavar="ID", help="The event's id [default: a new UUID, printed].", show_default=False
+        ),
     ] = None,
     source: Annotated[str, typer.Option(help="Who produced it.")] = "cli",
     timestamp: Annotated[
-        str | None, typer.Option(help="ISO-8601 time [default: now, UTC].", show_default=False)
+        str | None,
+        typer.Option(metavar="TIME", help="ISO-8601 time [default: now, UTC].", show_default=False),
     ] = None,
-    payload: Annotated[str | None, typer.Option(help="The payload as a JSON object.")] = None,
+    payload: Annotated[
+        str | None, typer.Option(metavar="JSON", help="The payload as a JSON object.")
+    ] = None,
     field: Annotated[
         list[str] | None,
         typer.Option(

@@ -15,15 +15,21 @@ from logagg.errors import LogaggError
 def serve(
     host: Annotated[
         str,
-        typer.Option(help="Address to listen on; beyond loopback a token is required."),
+        typer.Option(
+            metavar="ADDRESS", help="Address to listen on; beyond loopback a token is required."
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PORT", min=1, max=65535, help="TCP port.")] = 8080,
     log_level: Annotated[
-        str, typer.Option(envvar="LOG_LEVEL", help="critical, error, warning, info or debug.")
+        str,
+        typer.Option(
+            envvar="LOG_LEVEL", metavar="LEVEL", help="critical, error, warning, info or debug."
+        ),
     ] = "info",
     token_file: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="File holding the token every route but /health requires (Authorization:"
             " Bearer TOKEN, or Basic with it as the password); env LOGAGG_TOKEN instead.",
             dir_okay=False,
