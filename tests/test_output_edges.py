@@ -137,8 +137,7 @@ READ_COMMANDS = [
     ["events", "--all", "--format", "table"],
     ["stats", "--json"],
     ["stats", "--format", "table"],
-    ["check", "--json"],
-    ["check"],
+    ["check", "--json"],  # (plain `check` writes its verdict to stderr: nothing on stdout)
 ]
 
 

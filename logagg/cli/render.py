@@ -76,10 +76,24 @@ def print_json(doc: Any) -> None:
 # --- events --------------------------------------------------------------------------
 
 
-def write_events(events: Iterable[StoredEvent], fmt: Format) -> int:
-    """Write events to stdout in `fmt`, streaming where the format allows; returns the count."""
+def write_events(
+    events: Iterable[StoredEvent], fmt: Format, *, wide: bool = False, terminal: bool = False
+) -> int:
+    """Write events to stdout in `fmt` as they are read; returns the count. A table fits
+    the terminal's width (COLUMNS, else the terminal's, else 80) unless `wide`; its header
+    is bold on a `terminal` (unless NO_COLOR)."""
     if fmt is Format.table:
-        return _events_table(list(events))
+        import os
+        import shutil
+
+        from logagg.cli.table import write_table
+
+        width = shutil.get_terminal_size().columns
+        bold = terminal and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        count = write_table(events, width, wide, bold)
+        if not count:
+            sys.stderr.write("no events match\n")
+        return count
     out = _binary_stdout()
     count = 0
     if fmt is Format.jsonl:
@@ -118,62 +132,69 @@ def _text(value: str) -> Text:
     return Text(printable(value))
 
 
-def _events_table(events: list[StoredEvent]) -> int:
-    from rich.table import Table
-
-    table = Table(show_edge=False, pad_edge=False)
-    for name in ("timestamp", "topic", "event_id", "source"):
-        # The identifying columns keep their full width; the payload gets what is left.
-        widest = max((len(printable(getattr(e, name))) for e in events), default=len(name))
-        table.add_column(name, no_wrap=True, min_width=min(max(widest, len(name)), 40))
-    table.add_column("payload", overflow="ellipsis", no_wrap=True, min_width=10)
-    for e in events:
-        table.add_row(*map(_text, (e.timestamp, e.topic, e.event_id, e.source, e.payload_json)))
-    con = console()
-    con.print(table)
-    if not events:
-        console(stderr=True).print("no events match")
-    return len(events)
-
-
 # --- stats ---------------------------------------------------------------------------
 
 
-def write_stats(stats: StoreStats, fmt: Format) -> None:
-    if fmt is not Format.table:
-        print_json(stats.to_dict())
-        return
-    from rich.table import Table
+TOPIC_FIELDS = ("topic", "events", "first_timestamp", "last_timestamp", "conflicts", "pruned")
 
-    con = console()
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    for label, value in stats.counters.to_dict().items():
-        summary.add_row(label, f"{value:,}")
-    summary.add_row("first event", _text(stats.first_timestamp or "-"))
-    summary.add_row("last event", _text(stats.last_timestamp or "-"))
-    summary.add_row("last ingest", _text(stats.last_ingest_at or "-"))
-    wal = "" if stats.wal_bytes is None else f", WAL {human_bytes(stats.wal_bytes)}"
-    summary.add_row("database", _text(f"{stats.database} ({human_bytes(stats.size_bytes)}{wal})"))
-    con.print(summary)
+
+def write_stats(stats: StoreStats, fmt: Format) -> None:
+    """The stats in `fmt`: json, the whole document; csv and jsonl, a row per topic
+    (TOPIC_FIELDS); table, the counters, times and size, then the topics, for people."""
+    topics = [
+        (name, t.events, t.first_timestamp, t.last_timestamp, t.conflicts, t.pruned)
+        for name, t in stats.topics.items()
+    ]
+    if fmt is Format.json:
+        print_json(stats.to_dict())
+    elif fmt is Format.jsonl:
+        sys.stdout.write(
+            "".join(json.dumps(dict(zip(TOPIC_FIELDS, t, strict=True))) + "\n" for t in topics)
+        )
+    elif fmt is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(TOPIC_FIELDS)
+        writer.writerows(topics)
+    else:
+        import shutil
+
+        sys.stdout.write(stats_text(stats, shutil.get_terminal_size().columns))
+    sys.stdout.flush()
+
+
+def stats_text(stats: StoreStats, width: int) -> str:
+    """The stats for people: labels in one column; numbers right-aligned in the next, times
+    and the database starting where the numbers do; sizes in KiB / MiB; then the topics,
+    fitted to `width`."""
+    from logagg.cli.table import keep_start, short_time
+
+    def when(value: str | None) -> str:
+        return "-" if value is None else printable(short_time(value))
+
+    numbers = {**stats.counters.to_dict(), "stored": stats.stored}
+    digits = max(len(f"{n:,}") for n in numbers.values())
+    wal = "" if stats.wal_bytes is None else f" (WAL {human_bytes(stats.wal_bytes)})"
+    texts = {
+        "first event": when(stats.first_timestamp),
+        "last event": when(stats.last_timestamp),
+        "last ingest": when(stats.last_ingest_at),
+        "database": printable(stats.database),
+        "size": human_bytes(stats.size_bytes) + wal,
+    }
+    label = max(map(len, [*numbers, *texts]))
+    lines = [f"{name:<{label}}  {n:>{digits},}" for name, n in numbers.items()]
+    lines += [f"{name:<{label}}  {text}" for name, text in texts.items()]
     if stats.topics:
-        topics = Table(show_edge=False, pad_edge=False)
-        widest = max(len(printable(name)) for name in stats.topics)
-        topics.add_column("topic", no_wrap=True, min_width=min(max(widest, 5), 40))
-        counts = max(len(f"{t.events:,}") for t in stats.topics.values())
-        topics.add_column("events", justify="right", no_wrap=True, min_width=max(counts, 6))
-        topics.add_column("first", no_wrap=True, min_width=27)
-        topics.add_column("last", no_wrap=True, min_width=27)
+        counts = max(len("events"), *(len(f"{t.events:,}") for t in stats.topics.values()))
+        time = len(short_time("2025-01-01T00:00:00.000000Z"))
+        room = max(width - counts - 2 * time - 6, 12)
+        names = {name: keep_start(printable(name), room) for name in stats.topics}
+        column = max(len("topic"), *map(len, names.values()))
+        lines += ["", f"{'topic':<{column}}  {'events':>{counts}}  {'first':<{time}}  last"]
         for name, t in stats.topics.items():
-            topics.add_row(
-                _text(name),
-                f"{t.events:,}",
-                _text(t.first_timestamp or "-"),
-                _text(t.last_timestamp or "-"),
-            )
-        con.print()
-        con.print(topics)
+            first, last = when(t.first_timestamp), when(t.last_timestamp)
+            lines.append(f"{names[name]:<{column}}  {t.events:>{counts},}  {first:<{time}}  {last}")
+    return "\n".join(lines) + "\n"
 
 
 # --- ingest / check / publish ----------------------------------------------------------
@@ -215,10 +236,10 @@ def write_check(result: CheckResult, as_json: bool) -> None:
         doc = {"ok": result.ok, "problems": result.problems, "warnings": result.warnings}
         print_json({**doc, **result.facts})
         return
-    con = console(stderr=True)
+    con = console(stderr=True)  # the verdict is a message: its data form is --json
     if result.ok:
         facts = result.facts
-        console().print(
+        con.print(
             f"ok: {facts['rows']:,} events, counters consistent "
             f"(received {facts['received']:,} = {facts['unique_processed']:,} unique"
             f" + {facts['duplicate_dropped']:,} duplicate + {facts['invalid']:,} invalid),"
@@ -303,7 +324,6 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None
         Progress,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
     tasks: dict[str, Any] = {}
@@ -311,8 +331,8 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None
     with Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        DownloadColumn(binary_units=True),
+        "{task.fields[speed]}",
         "{task.fields[rate]}",
         TimeRemainingColumn(),
         console=console(stderr=True),
@@ -321,8 +341,15 @@ def file_progress(enabled: bool) -> Iterator[Callable[[Any, int, int, int], None
 
         def update(source: Any, position: int, size: int, lines: int) -> None:
             if source.name not in tasks:
-                tasks[source.name] = bar.add_task(printable(source.name), total=size, rate="")
-            rate = lines / max(time.monotonic() - started, 1e-3)
-            bar.update(tasks[source.name], completed=position, rate=f"{rate:,.0f} lines/s")
+                tasks[source.name] = bar.add_task(
+                    printable(source.name), total=size, rate="", speed=""
+                )
+            seconds = max(time.monotonic() - started, 1e-3)
+            bar.update(
+                tasks[source.name],
+                completed=position,
+                speed=f"{human_bytes(position / seconds)}/s",
+                rate=f"{lines / seconds:,.0f} lines/s",
+            )
 
         yield update

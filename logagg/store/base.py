@@ -522,6 +522,17 @@ class Store(ABC):
             for row in rows:
                 yield StoredEvent(*row[:8])
 
+    def count(self, query: EventQuery) -> int:
+        """Stored events matching `query`'s filters (its limit and order not used): from
+        the topic counts when no filter but the topic is given, else by counting rows."""
+        if query.source is None and query.since is None and query.until is None:
+            rows = self._read_topics()
+            return sum(int(n) for name, n, *_ in rows if query.topic in (None, name))
+        where, params = self._where(query)
+        with self._guard(), self._snapshot():
+            sql = f"SELECT count(*) FROM events WHERE {' AND '.join(where)}"
+            return int(next(self._query(sql, params))[0])
+
     def _merged(self, query: EventQuery, topics: list[str]) -> Iterator[tuple[Any, ...]]:
         # One index range per topic, merged: an unfiltered listing never sorts the table.
         streams = [self._query(*self._select(query, topic)) for topic in topics]
