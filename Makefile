@@ -57,8 +57,9 @@ shipper-daemon:
 	  elif command -v apk >/dev/null; then $(SUDO) apk add -q rsyslog rsyslog-elasticsearch; \
 	  else echo "install rsyslog with its Elasticsearch output (omelasticsearch)" >&2; exit 1; fi; }
 
+# Four workers: many tests wait on real processes, so they overlap well even on two cores.
 test: $(STAMP) postgres-server shipper-daemon
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check logagg tests bench
