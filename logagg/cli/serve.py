@@ -51,7 +51,7 @@ def serve(
     if missing:
         raise LogaggError(
             f"logagg serve needs the serve extra ({', '.join(missing)} is missing):"
-            " pip install 'logagg[serve]'"
+            " install logagg with it (from a checkout: pip install '.[serve]')"
         )
     from logagg.http import run
     from logagg.http.security import load_token
