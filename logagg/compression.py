@@ -1,7 +1,7 @@
 """Compressed input, told by its first bytes and decompressed in bounded pieces.
 
 gzip (several members in a row, as `gzip -d` reads them) and zstd (several frames, with
-`pip install 'logagg[zstd]'`). Whatever the compression ratio, one read returns at most
+the zstd extra). Whatever the compression ratio, one read returns at most
 about the size asked for plus a few hundred KiB, so memory stays bounded on any input: a
 decompression bomb is only a long input. Damaged or cut-short input raises CorruptInput
 once the plain bytes before the damage have been returned.
@@ -113,7 +113,8 @@ class Decoder:
                 import zstandard
             except ImportError:
                 raise CorruptInput(
-                    "zstd input needs the zstandard package: pip install 'logagg[zstd]'"
+                    "zstd input needs the zstd extra (the zstandard package): install logagg with it"
+                    " (from a checkout: pip install '.[zstd]')"
                 ) from None
             self._zstd = zstandard.ZstdDecompressor()
             self._unpack = self._zstd.decompressobj()

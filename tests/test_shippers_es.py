@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import check_store
+from conftest import check_store, logagg_cmd
 from elasticsearch import AuthenticationException, Elasticsearch, helpers
 from helpers import WAIT, event_count, wait_until
 from serving import AppServer, ServeProcess
@@ -339,3 +339,54 @@ def test_rsyslog_ships_a_file_exactly_once_through_kills_of_itself_and_the_serve
     report = check_store(db)
     assert report["rows"] == report["unique_processed"] == LINES
     assert report["received"] == LINES + report["duplicate_dropped"] + report["invalid"]
+
+
+def test_serve_source_names_the_source_of_documents_that_have_none(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    args = ("--source", "edge-gateway")
+    with_source = ServeProcess(db, tmp_path / "serve.log", args=args).start()
+    try:
+        es = Elasticsearch(with_source.url + "/es", request_timeout=30)
+        try:
+            operations: list[dict[str, Any]] = []
+            for n in range(3):
+                operations += [{"create": {"_id": f"s-{n}"}}, {"message": "m", "n": n}]
+            operations += [{"create": {"_id": "s-host"}}, {"message": "m", "host": "db-9"}]
+            response = es.bulk(index="es-sourced", operations=operations)
+        finally:
+            es.close()
+        assert response["errors"] is False
+        lines = b'{"level":30,"time":1740830400000,"msg":"hi","pid":1}\n'
+        assert with_source.http is not None
+        ndjson = with_source.http.post(
+            "/publish?preset=pino", content=lines, headers={"content-type": "application/x-ndjson"}
+        )
+        assert ndjson.status_code == 200, ndjson.text
+    finally:
+        assert with_source.stop() in (0, -signal.SIGTERM)
+    conn = sqlite3.connect(db)
+    try:
+        rows = dict(conn.execute("SELECT event_id, source FROM events WHERE topic = 'es-sourced'"))
+        pino = conn.execute("SELECT source FROM events WHERE topic != 'es-sourced'").fetchall()
+    finally:
+        conn.close()
+    assert rows == {
+        "s-0": "edge-gateway",
+        "s-1": "edge-gateway",
+        "s-2": "edge-gateway",
+        "s-host": "db-9",
+    }  # a document's own host still wins
+    assert pino == [("edge-gateway",)]
+    check_store(db)
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256])
+def test_serve_source_out_of_range_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    result = subprocess.run(
+        logagg_cmd("serve", "--db", str(tmp_path / "s.db"), "--port", "1", "--source", value),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "--source: expected 1 to 255" in result.stderr

@@ -43,6 +43,14 @@ def serve(
     ] = False,
     db: Db = DEFAULT_DB,
     retain: RetainOpt = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The source of events that name none (a shipper's documents, OTLP records,"
+            " NDJSON lines); default: the client's address.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (POST /publish, GET /events, /stats, /health, /metrics) on the store."""
     missing = [
@@ -66,4 +74,5 @@ def serve(
         token=token,
         insecure=insecure,
         retain=kept,
+        source=source,
     )

@@ -16,6 +16,7 @@ from logagg.http.app import create_app
 from logagg.http.security import is_loopback
 from logagg.http.service import SERVE_OPTIONS, store_label
 from logagg.http.subscribe import end_streams_on_exit
+from logagg.models import MAX_NAME
 from logagg.pipeline import IngestOptions
 from logagg.store import open_store
 
@@ -70,9 +71,11 @@ def run(
     token: str | None = None,
     insecure: bool = False,
     retain: float | None = None,
+    source: str | None = None,
 ) -> None:
     """Serve the API until SIGINT or SIGTERM; what is queued is committed before it returns.
-    `retain`: seconds after which the writer prunes events (see Store.configure).
+    `retain`: seconds after which the writer prunes events (see Store.configure); `source`:
+    of events that name none, instead of the client's address.
 
     Listening beyond loopback needs a `token` (or `insecure`). Raises UsageError for an
     unknown log level or a non-loopback address without a token, StoreError when the store
@@ -82,6 +85,8 @@ def run(
     level = log_level.lower()
     if level not in LOG_LEVELS:
         raise UsageError(f"--log-level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if source is not None and not 1 <= len(source) <= MAX_NAME:
+        raise UsageError(f"--source: expected 1 to {MAX_NAME} characters, got {len(source)}")
     try:
         sock = _listen(host, port)
     except OSError as exc:
@@ -97,7 +102,7 @@ def run(
             )
         open_store(db).close()  # a bad store is one line of error before anything listens
         config = uvicorn.Config(
-            create_app(db, _options(retain), token=token, insecure=insecure),
+            create_app(db, _options(retain), token=token, insecure=insecure, source=source),
             host=host,
             port=port,
             log_level=level,

@@ -114,11 +114,13 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     token: str | None = None,
     insecure: bool = False,
+    source: str | None = None,
 ) -> FastAPI:
     """The API on the store at `db`; the writer runs from app start-up to shutdown.
 
     `token`: every route but /health needs it. Without one only loopback Host names are
-    served (`insecure`: IP addresses too).
+    served (`insecure`: IP addresses too). `source`: of events that name none (shippers'
+    documents, OTLP records, NDJSON lines), instead of the client's address.
     """
     service = Service(db, options or SERVE_OPTIONS, queue_timeout)
 
@@ -137,6 +139,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.source = source
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError) -> JSONResponse:

@@ -98,7 +98,11 @@ def media_type(request: Request) -> str:
 
 
 def client_name(request: Request) -> str:
-    """The address of the client (the default source of events that name none)."""
+    """The source of events that name none: the server's `--source`, else the client's
+    address."""
+    fixed: str | None = getattr(request.app.state, "source", None)
+    if fixed is not None:
+        return fixed
     client = request.client
     return client.host if client is not None and client.host else "unknown"
 

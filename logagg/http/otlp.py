@@ -164,8 +164,8 @@ def register(app: FastAPI, service: Service, max_body_bytes: int) -> None:
             return failure(protobuf, 400, INVALID_ARGUMENT, str(exc))
         except ModuleNotFoundError:
             message = (
-                "OTLP in protobuf needs the opentelemetry-proto package (pip install"
-                f" 'logagg[serve]'); or send {JSON}"
+                "OTLP in protobuf needs the opentelemetry-proto package (the serve extra; from"
+                f" a checkout: pip install '.[serve]'); or send {JSON}"
             )
             return failure(False, 415, INVALID_ARGUMENT, message)
         except HTTPException as exc:

@@ -54,7 +54,8 @@ def open_store(location: str, *, create: bool = True) -> Store:
     if is_postgres(location):
         if find_spec("psycopg") is None:
             raise StoreError(
-                "PostgreSQL stores need the postgres extra: pip install 'logagg[postgres]'"
+                "PostgreSQL stores need the postgres extra: install logagg with it"
+                " (from a checkout: pip install '.[postgres]')"
             )
         from logagg.store.postgres import PostgresStore
 
