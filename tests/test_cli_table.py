@@ -112,11 +112,11 @@ def test_a_table_on_a_pipe_takes_its_width_from_columns(store: Path) -> None:
 # --- streaming ---------------------------------------------------------------------------------
 
 
-def growth_kib(stores: tuple[Path, Path], fmt: str) -> int:
+def growth_kib(stores: tuple[Path, Path], fmt: str, *args: str) -> int:
     """How much more memory listing the large store takes than listing the small one."""
     peaks = []
     for db in stores:
-        code, peak = peak_rss_kib("events", "--db", db, "--all", "--format", fmt)
+        code, peak = peak_rss_kib("events", "--db", db, "--all", "--format", fmt, *args)
         assert code == 0
         peaks.append(peak)
     return peaks[1] - peaks[0]
@@ -131,6 +131,8 @@ def test_memory_does_not_grow_with_the_listing(stores: tuple[Path, Path]) -> Non
     for fmt in ("table", "json", "csv"):
         grown = growth_kib(stores, fmt)
         assert grown < streamed + 6 * 1024, (fmt, grown, streamed)
+    in_commit_order = growth_kib(stores, "table", "--after", "0")
+    assert in_commit_order < streamed + 6 * 1024, in_commit_order
 
 
 # --- paging ------------------------------------------------------------------------------------
@@ -182,6 +184,15 @@ def test_no_pager_when_piped_or_asked(store: Path, tmp_path: Path) -> None:
     run = on_terminal("events", "--db", store, "--no-pager", env={"PAGER": command})
     assert run.code == 0 and len(table_rows(run.plain)) == 100
     assert not log.exists()
+
+
+def test_a_pager_that_cannot_be_run_is_an_error(store: Path) -> None:
+    run = on_terminal("events", "--db", store, env={"PAGER": "no-such-pager-here"})
+    assert run.code == 1
+    assert run.stderr.endswith(
+        "logagg: error: the pager 'no-such-pager-here' could not be run: set PAGER, or --no-pager\n"
+    )
+    assert len(run.stderr.splitlines()) <= 2  # the shell's own word, then logagg's
 
 
 SLOW_PAGER = """

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+from logagg.errors import LogaggError
+
 DEFAULT_PAGER = "less -R"
 
 
@@ -55,6 +57,8 @@ def paged(enabled: bool) -> Iterator[None]:
         os.dup2(saved, 1)  # the pipe's last write end closes: the pager reads its end
         os.close(saved)
         _wait(proc)
+        if proc.returncode in (126, 127):  # the shell could not find or run it
+            raise LogaggError(f"the pager {command!r} could not be run: set PAGER, or --no-pager")
 
 
 def _discard_stdout() -> None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
+    from logagg.cli.table import TableWriter
     from logagg.models import StoredEvent
     from logagg.pipeline import IngestReport
     from logagg.store import BatchResult, CheckResult, StoreStats
@@ -79,18 +80,11 @@ def print_json(doc: Any) -> None:
 def write_events(
     events: Iterable[StoredEvent], fmt: Format, *, wide: bool = False, terminal: bool = False
 ) -> int:
-    """Write events to stdout in `fmt` as they are read; returns the count. A table fits
-    the terminal's width (COLUMNS, else the terminal's, else 80) unless `wide`; its header
-    is bold on a `terminal` (unless NO_COLOR)."""
+    """Write events to stdout in `fmt` as they are read; returns the count. A table is
+    `events_table`'s."""
     if fmt is Format.table:
-        import os
-        import shutil
-
-        from logagg.cli.table import write_table
-
-        width = shutil.get_terminal_size().columns
-        bold = terminal and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-        count = write_table(events, width, wide, bold)
+        table = events_table(wide=wide, terminal=terminal)
+        count = table.write(events)
         if not count:
             sys.stderr.write("no events match\n")
         return count
@@ -123,6 +117,19 @@ def write_events(
         out.write(text.getvalue().encode())
     out.flush()
     return count
+
+
+def events_table(*, wide: bool = False, terminal: bool = False) -> TableWriter:
+    """A table of events for stdout, as wide as the terminal (COLUMNS, else the terminal's,
+    else 80) unless `wide`; its header bold on a `terminal` (unless NO_COLOR)."""
+    import os
+    import shutil
+
+    from logagg.cli.table import TableWriter
+
+    width = shutil.get_terminal_size().columns
+    bold = terminal and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    return TableWriter(width, wide, bold)
 
 
 def _text(value: str) -> Text:

@@ -24,6 +24,7 @@ from logagg.cli.paths import Reads, check_outputs
 from logagg.errors import Interrupted, LogaggError, OutputClosed, UsageError
 
 if TYPE_CHECKING:
+    from logagg.cli.table import TableWriter
     from logagg.models import StoredEvent
     from logagg.store import EventQuery, Store
 
@@ -145,11 +146,15 @@ class _Output:
         self.seq = seq and fmt in (Format.json, Format.jsonl)
         self.out = sys.stdout.buffer
         self.count = 0
-        self.held: list[StoredEvent] = []  # a table is drawn at the end
+        self.table: TableWriter | None = None
+        if fmt is Format.table:
+            from logagg.cli.render import events_table
+
+            self.table = events_table(terminal=sys.stdout.isatty())
 
     def write(self, events: tuple[StoredEvent, ...]) -> None:
-        if self.fmt is Format.table:
-            self.held.extend(events)
+        if self.table is not None:
+            self.count += self.table.write(events)
             return
         if self.fmt is Format.csv:
             data = _csv(events, header=self.count == 0)
@@ -166,10 +171,9 @@ class _Output:
 
     def finish(self) -> None:
         """Close what the format opened (a JSON array, a table), also after an error."""
-        if self.fmt is Format.table:
-            from logagg.cli.render import write_events
-
-            write_events(self.held, Format.table)
+        if self.table is not None:
+            if not self.count:
+                sys.stderr.write("no events match\n")
         elif self.fmt is Format.json:
             with contextlib.suppress(LogaggError, OSError):
                 self.out.write(b"\n]\n" if self.count else b"[]\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -113,28 +113,38 @@ class Layout:
         return GAP.join(parts).rstrip()
 
 
+class TableWriter:
+    """Writes events as table rows on stdout, a chunk at a time: the header and the layout
+    come from the first rows it is given, and hold for every later call."""
+
+    def __init__(self, width: int, wide: bool, bold: bool) -> None:
+        self.width = width
+        self.wide = wide
+        self.bold = bold
+        self.layout: Layout | None = None
+        self.count = 0
+
+    def write(self, events: Iterable[StoredEvent]) -> int:
+        """Write `events`; returns how many."""
+        rows = iter(events)
+        written = 0
+        while chunk := [cells(e, self.wide) for e in islice(rows, CHUNK)]:
+            if self.layout is None:
+                self.layout = Layout.measure(chunk, self.width, self.wide)
+                self._header(self.layout)
+            sys.stdout.write("".join(self.layout.line(row) + "\n" for row in chunk))
+            sys.stdout.flush()
+            written += len(chunk)
+        self.count += written
+        return written
+
+    def _header(self, layout: Layout) -> None:
+        header = layout.line(COLUMNS)
+        rule = GAP.join("─" * layout.widths[n] for n in COLUMNS)
+        sys.stdout.write((f"\x1b[1m{header}\x1b[0m" if self.bold else header) + "\n")
+        sys.stdout.write(rule + "\n")
+
+
 def write_table(events: Iterable[StoredEvent], width: int, wide: bool, bold: bool) -> int:
     """Write `events` as a table on stdout, a chunk at a time; returns how many."""
-    rows = iter(events)
-    first = [cells(e, wide) for e in islice(rows, CHUNK)]
-    if not first:
-        return 0
-    layout = Layout.measure(first, width, wide)
-    header = layout.line(COLUMNS)
-    rule = GAP.join("─" * layout.widths[n] for n in COLUMNS)
-    out = sys.stdout
-    out.write((f"\x1b[1m{header}\x1b[0m" if bold else header) + "\n" + rule + "\n")
-    count = 0
-    for chunk in _chunks(first, rows, wide):
-        out.write("".join(layout.line(row) + "\n" for row in chunk))
-        out.flush()
-        count += len(chunk)
-    return count
-
-
-def _chunks(
-    first: list[tuple[str, ...]], rest: Iterator[StoredEvent], wide: bool
-) -> Iterator[list[tuple[str, ...]]]:
-    yield first
-    while chunk := [cells(e, wide) for e in islice(rest, CHUNK)]:
-        yield chunk
+    return TableWriter(width, wide, bold).write(events)
