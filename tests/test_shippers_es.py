@@ -193,6 +193,20 @@ def test_what_clients_ask_before_sending(server: AppServer, client: Elasticsearc
     assert topic_events(server, "es-single") == []
 
 
+def test_an_api_key_whose_key_is_the_token_is_accepted(server: AppServer) -> None:
+    es = Elasticsearch(server.url + "/es", api_key=("filebeat-1", TOKEN), request_timeout=30)
+    wrong = Elasticsearch(server.url + "/es", api_key=("filebeat-1", "wrong-" + TOKEN))
+    try:
+        response = es.bulk(operations=[{"create": {"_index": "es-keyed", "_id": "k-1"}}, {"m": 1}])
+        assert statuses(response["items"]) == [("create", 201)]
+        with pytest.raises(AuthenticationException):
+            wrong.info()
+    finally:
+        es.close()
+        wrong.close()
+    assert [e["event_id"] for e in topic_events(server, "es-keyed")] == ["k-1"]
+
+
 def test_the_token_is_required(server: AppServer) -> None:
     es = Elasticsearch(server.url + "/es", basic_auth=("elastic", "wrong-" + TOKEN))
     try:

@@ -3,7 +3,8 @@
 One ASGI middleware (`Guard`) decides for every route, those of protocols added later too:
 
 - With a token, every route but `/health` needs it: `Authorization: Bearer TOKEN`, or HTTP
-  Basic with the token as the password (any user name), for shippers that only speak Basic.
+  Basic with the token as the password (any user name), for shippers that only speak Basic,
+  or an Elasticsearch API key whose key is the token (any id), for shippers configured so.
   Compared in constant time.
 - Without a token, only loopback Host names are served (`localhost`, `*.localhost`,
   127.0.0.0/8, `[::1]`): a web page that rebinds its own DNS name to this machine cannot
@@ -114,7 +115,8 @@ class Access:
         )
 
     def authorized(self, authorization: str | None) -> bool:
-        """True when no token is set or the header carries it (Bearer, or Basic password)."""
+        """True when no token is set or the header carries it: Bearer, the password of Basic,
+        or the key of an Elasticsearch ApiKey (base64 of `id:key`, any id)."""
         if self.token is None:
             return True
         if not authorization:
@@ -123,7 +125,7 @@ class Access:
         credentials = credentials.strip()
         if scheme.lower() == "bearer":
             offered = credentials
-        elif scheme.lower() == "basic":
+        elif scheme.lower() in ("basic", "apikey"):
             try:
                 decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
@@ -166,7 +168,7 @@ class Guard:
         ):
             detail = (
                 "missing or wrong token: send Authorization: Bearer TOKEN"
-                " (or HTTP Basic with the token as the password)"
+                " (or HTTP Basic with the token as the password, or ApiKey with it as the key)"
             )
             response = JSONResponse(
                 {"detail": detail}, status_code=401, headers={"WWW-Authenticate": CHALLENGE}
