@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import SEED, Backend, pg_sql, row, wait_until
+from pg import PgServer, drop_schema, fresh_schema
 
 from logagg.models import encode_rows
 from logagg.store import EventQuery, Store
@@ -221,3 +222,49 @@ def test_reads_in_narrow_windows_skip_nothing(
     assert [e.event_id for e in drain(store, 0, page=2)] == expected
     start = store.start_position(ALL, 7)
     assert [e.event_id for e in drain(store, start, page=2)] == expected[-7:]
+
+
+def test_a_writer_in_flight_on_another_store_of_the_database_holds_nothing_back(
+    pg_url: str, pg_server: PgServer, pg_shared_database: str
+) -> None:
+    """Stores in two schemas of one database: a write transaction of one that is still in
+    flight must not keep a follower of the other from reading what it committed."""
+    import psycopg
+
+    from logagg.store.postgres import PostgresStore
+
+    other = fresh_schema(pg_server, pg_shared_database)
+    try:
+        PostgresStore.open(other).close()
+        pg_sql(
+            other,
+            "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_advisory_xact_lock({HOLD_KEY}); RETURN NEW; END $$;"
+            " CREATE TRIGGER hold BEFORE INSERT ON events FOR EACH ROW"
+            " WHEN (NEW.event_id = 'slow') EXECUTE FUNCTION hold()",
+        )
+        holder = psycopg.connect(pg_url, autocommit=True)
+        holder.execute("SELECT pg_advisory_lock(%s)", [HOLD_KEY])
+
+        def slow_writer() -> None:
+            with PostgresStore.open(other) as elsewhere:
+                elsewhere.write_batch([row(1, event_id="slow")])
+
+        thread = threading.Thread(target=slow_writer)
+        try:
+            with PostgresStore.open(pg_url) as ours, PostgresStore.open(pg_url) as follower:
+                thread.start()
+                waiting = (
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    f" AND objid = {HOLD_KEY}"
+                )
+                wait_until(lambda: pg_sql(pg_url, waiting)[0][0] == 1, 20, "the other to wait")
+                ours.write_batch([row(2), row(3)])
+                seen = follower.read_after(0, ALL, 100)
+                assert sorted(e.event_id for e in seen.events) == ["e2", "e3"]
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", [HOLD_KEY])
+            holder.close()
+            thread.join(20)
+    finally:
+        drop_schema(pg_server, other)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,9 +64,11 @@ WORK_MEM = "64MB"  # a transaction's sorts stay in memory
 # Advisory lock keys ("logagg" in ASCII, then 1 and 2): creating the schema, folding deltas.
 LOCK_SCHEMA = 0x6C6F67616767_01
 LOCK_FOLD = 0x6C6F67616767_02
-# A write transaction's commit-order lock: this tag in the top 16 bits, the sequence's
-# value when the transaction began in the other 48.
-LOCK_WRITING = 0x4C47 << 48
+# A write transaction's commit-order lock: a tag of the store's schema in the top 16 bits
+# (stores in other schemas of the database hold their own), the sequence's value when the
+# transaction began in the other 48.
+LOCK_WRITING_TAG = 0x4000  # never a small key another application might lock
+LOCK_WRITING_TAG_BITS = 0x3FFF
 TABLES = (
     "events",
     "topics",
@@ -458,6 +461,7 @@ class PostgresStore(Store):
         self._url = url
         self.path = redact(url)
         self._commits_since_fold = 0
+        self._writing_tag = LOCK_WRITING_TAG  # once the schema is known, its own (_schema_tag)
 
     # --- opening -------------------------------------------------------------------------
 
@@ -483,6 +487,7 @@ class PostgresStore(Store):
         try:
             with store._guard():
                 store._setup(create)
+                store._writing_tag = store._schema_tag()
         except BaseException:
             conn.close()
             raise
@@ -506,6 +511,16 @@ class PostgresStore(Store):
                 f"{self.path}: no logagg store in this database (ingest or publish something first)"
             )
         self._migrate()
+
+    def _schema_tag(self) -> int:
+        """The tag of this store's commit-order locks: 14 bits of a hash of its schema's oid,
+        so that a follower waits only for writers of its own store (two schemas that share a
+        tag, one pair in 16 384, only wait for each other's writers too)."""
+        row = self._conn.execute(
+            "SELECT relnamespace::bigint FROM pg_class WHERE oid = to_regclass('events_seq_seq')"
+        ).fetchone()
+        schema = int(row[0]) if row else 0
+        return LOCK_WRITING_TAG | zlib.crc32(schema.to_bytes(8, "big")) & LOCK_WRITING_TAG_BITS
 
     def _version(self) -> int | None:
         """The schema version, or None when this database has no logagg store."""
@@ -607,7 +622,7 @@ class PostgresStore(Store):
             if self._commits_since_fold >= FOLD_EVERY:
                 self._fold()
             with conn.transaction():
-                conn.execute(_LOCK_WRITING, [LOCK_WRITING])
+                conn.execute(_LOCK_WRITING, [self._writing_tag << 48])
                 result = conn.execute(_WRITE_NEW if new_events else _WRITE, params).fetchall()
                 suspects = [(r[3], r[4], bool(r[2])) for r in result if r[0] == 1]
                 settled = _Settled()
@@ -786,7 +801,7 @@ class PostgresStore(Store):
         conn = self._conn
         row = conn.execute(_SEQUENCE_AT).fetchone()
         last = int(row[0]) if row else 0
-        row = conn.execute(_LOWEST_WRITING, [LOCK_WRITING >> 48]).fetchone()
+        row = conn.execute(_LOWEST_WRITING, [self._writing_tag]).fetchone()
         if row is None or row[0] is None:
             return last
         return min(last, int(row[0]))
