@@ -30,6 +30,7 @@ def test_logagg_alone_prints_an_overview_on_stdout_and_succeeds() -> None:
     text = proc.stdout.decode()
     assert "\\n" not in text
     assert len(text.splitlines()) <= 30
+    assert max(map(len, text.splitlines())) <= 80
     listed = re.findall(r"^  ([a-z]+)  +\S", text.split("Commands:")[1].split("Examples:")[0], re.M)
     assert listed == COMMANDS
     examples = text.split("Examples:")[1]

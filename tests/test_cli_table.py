@@ -170,6 +170,18 @@ def test_a_listing_on_a_terminal_goes_through_the_pager(
     assert len(paged) == 5
 
 
+COPYING_PAGER = "import shutil, sys; shutil.copyfileobj(sys.stdin, sys.stdout)"
+
+
+def test_a_paged_table_is_as_wide_as_the_terminal(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "pager.py").write_text(COPYING_PAGER)
+    env = {"PAGER": f"{sys.executable} {tmp_path / 'pager.py'}", "COLUMNS": "", "LINES": ""}
+    run = on_terminal("events", "--db", store, "-n", "20", columns=120, env=env)
+    assert run.code == 0, run.stderr
+    widths = [cell_len(line) for line in table_rows(run.plain)]
+    assert 100 < max(widths) <= 120  # the terminal's width, not a fallback of 80
+
+
 def test_less_settings_of_the_user_are_kept(store: Path, tmp_path: Path) -> None:
     command, log = pager(tmp_path)
     run = on_terminal("events", "--db", store, env={"PAGER": command, "LESS": "S"})

@@ -76,7 +76,7 @@ def events(
     limit left events out.
     """
     from logagg.cli.pager import paged
-    from logagg.cli.render import choose_format, write_events
+    from logagg.cli.render import choose_format, events_table, write_events
     from logagg.store import BadTime, EventQuery, open_store
 
     shown = DEFAULT_LIMIT if limit is None else limit
@@ -102,11 +102,13 @@ def events(
     check_outputs(Reads(db), writes_stdout=True)
     terminal = sys.stdout.isatty()
     chosen = choose_format(fmt, Format.jsonl)
+    # Measured before a pager takes stdout: the terminal's width is then out of sight.
+    table = events_table(wide=wide, terminal=terminal) if chosen is Format.table else None
     with open_store(db, create=False) as store:
         rows = store.events(query)
         try:
             with paged(terminal and not no_pager):
-                count = write_events(rows, chosen, wide=wide, terminal=terminal)
+                count = write_events(rows, chosen, table)
         finally:  # closed while the store is open, also when stdout's reader has gone
             close = getattr(rows, "close", None)
             if close is not None:

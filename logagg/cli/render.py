@@ -78,13 +78,12 @@ def print_json(doc: Any) -> None:
 
 
 def write_events(
-    events: Iterable[StoredEvent], fmt: Format, *, wide: bool = False, terminal: bool = False
+    events: Iterable[StoredEvent], fmt: Format, table: TableWriter | None = None
 ) -> int:
     """Write events to stdout in `fmt` as they are read; returns the count. A table is
-    `events_table`'s."""
+    written by `table` (else `events_table()`'s)."""
     if fmt is Format.table:
-        table = events_table(wide=wide, terminal=terminal)
-        count = table.write(events)
+        count = (table or events_table()).write(events)
         if not count:
             sys.stderr.write("no events match\n")
         return count

@@ -37,7 +37,7 @@ SUMMARIES = {
 }
 
 EXAMPLES = (
-    ("tail -f app.log | logagg ingest -", "keep a live stream, each event once"),
+    ("tail -f app.log | logagg ingest -", "keep a live stream, once each"),
     ("logagg events --topic user.login -n 20", "the newest 20 events of a topic"),
 )
 
@@ -94,7 +94,7 @@ def overview() -> str:
     """The text `logagg` alone prints: what it is, its commands, two examples."""
     width = max(map(len, SUMMARIES))
     lines = [
-        "logagg keeps every event of an at-least-once stream exactly once, in a local SQLite file.",
+        "logagg keeps every event of an at-least-once stream exactly once.",
         "",
         "Usage: logagg COMMAND [OPTIONS]",
         "",
