@@ -159,6 +159,27 @@ def test_concurrent_writers_and_a_follower_that_never_skips(backend: Backend) ->
 HOLD_KEY = 4242_4242  # the test holds this advisory lock; the slow writer waits for it
 
 
+def hold_slow_inserts(url: str) -> None:
+    """Make an insert of event_id 'slow' into the store at `url` wait, inside its write
+    transaction, until the test lets go of HOLD_KEY."""
+    pg_sql(
+        url,
+        "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
+        f" $$ BEGIN PERFORM pg_advisory_xact_lock({HOLD_KEY}); RETURN NEW; END $$;"
+        " CREATE TRIGGER hold BEFORE INSERT ON events FOR EACH ROW"
+        " WHEN (NEW.event_id = 'slow') EXECUTE FUNCTION hold()",
+    )
+
+
+def slow_inserts_waiting(url: str) -> int:
+    """How many inserts of 'slow' wait for HOLD_KEY (in the whole database)."""
+    waiting = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        f" AND objid = {HOLD_KEY}"
+    )
+    return int(pg_sql(url, waiting)[0][0])
+
+
 def test_a_writer_in_flight_holds_back_what_a_follower_may_read(pg_url: str) -> None:
     """A's transaction takes its position, then waits inside its insert; B takes higher
     positions and commits. A follower must not pass A's position until A commits: then
@@ -168,13 +189,7 @@ def test_a_writer_in_flight_holds_back_what_a_follower_may_read(pg_url: str) -> 
     from logagg.store.postgres import PostgresStore
 
     PostgresStore.open(pg_url).close()
-    pg_sql(
-        pg_url,
-        "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
-        f" $$ BEGIN PERFORM pg_advisory_xact_lock({HOLD_KEY}); RETURN NEW; END $$;"
-        " CREATE TRIGGER hold BEFORE INSERT ON events FOR EACH ROW"
-        " WHEN (NEW.event_id = 'slow') EXECUTE FUNCTION hold()",
-    )
+    hold_slow_inserts(pg_url)
     holder = psycopg.connect(pg_url, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", [HOLD_KEY])
     a_done = threading.Event()
@@ -188,11 +203,7 @@ def test_a_writer_in_flight_holds_back_what_a_follower_may_read(pg_url: str) -> 
     try:
         with PostgresStore.open(pg_url) as b, PostgresStore.open(pg_url) as follower:
             thread.start()
-            waiting = (
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                f" AND objid = {HOLD_KEY}"
-            )
-            wait_until(lambda: pg_sql(pg_url, waiting)[0][0] == 1, 20, "A to wait in its insert")
+            wait_until(lambda: slow_inserts_waiting(pg_url) == 1, 20, "A to wait in its insert")
             b.write_batch([row(2), row(3)])
             early = follower.read_after(0, ALL, 100)
             assert early.events == (), "read past a writer in flight"
@@ -236,13 +247,7 @@ def test_a_writer_in_flight_on_another_store_of_the_database_holds_nothing_back(
     other = fresh_schema(pg_server, pg_shared_database)
     try:
         PostgresStore.open(other).close()
-        pg_sql(
-            other,
-            "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
-            f" $$ BEGIN PERFORM pg_advisory_xact_lock({HOLD_KEY}); RETURN NEW; END $$;"
-            " CREATE TRIGGER hold BEFORE INSERT ON events FOR EACH ROW"
-            " WHEN (NEW.event_id = 'slow') EXECUTE FUNCTION hold()",
-        )
+        hold_slow_inserts(other)
         holder = psycopg.connect(pg_url, autocommit=True)
         holder.execute("SELECT pg_advisory_lock(%s)", [HOLD_KEY])
 
@@ -254,11 +259,7 @@ def test_a_writer_in_flight_on_another_store_of_the_database_holds_nothing_back(
         try:
             with PostgresStore.open(pg_url) as ours, PostgresStore.open(pg_url) as follower:
                 thread.start()
-                waiting = (
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                    f" AND objid = {HOLD_KEY}"
-                )
-                wait_until(lambda: pg_sql(pg_url, waiting)[0][0] == 1, 20, "the other to wait")
+                wait_until(lambda: slow_inserts_waiting(pg_url) == 1, 20, "the other to wait")
                 ours.write_batch([row(2), row(3)])
                 seen = follower.read_after(0, ALL, 100)
                 assert sorted(e.event_id for e in seen.events) == ["e2", "e3"]
