@@ -411,7 +411,8 @@ class Writer:
             future.set_result(BatchResult(0, 0, 0))
             return future
         size = 1 if each else self.options.batch_size
-        parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
+        encode = self.store.encode_rows
+        parts = [encode(rows[i : i + size]) for i in range(0, len(rows), size)]
         self.put(_Batch(parts, invalid, _Ack(future, len(parts), invalid)), timeout)
         return future
 
@@ -509,6 +510,7 @@ def ingest(
         return options.mapping.with_default_source(source.label).for_input()
 
     report.times = zone_named(options.assume_tz)
+    encode = writer.store.encode_rows  # the store's form of a batch, made in this thread
     try:
         with reading_times(report.times):
             if options.follow:
@@ -525,7 +527,9 @@ def ingest(
                         options.rotate_wait,
                         on_notice or _to_source_errors(report),
                     ):
-                        writer.put(_decode(chunk, source.name, options, on_reject, mappers[source]))
+                        writer.put(
+                            _decode(chunk, source.name, options, on_reject, mappers[source], encode)
+                        )
                 except SourceError as exc:
                     report.source_errors.append(str(exc))
             for source in [] if options.follow else sources:
@@ -546,7 +550,7 @@ def ingest(
                         progress if on_progress else None,
                     ):
                         lines_read[0] += len(chunk.lines) + len(chunk.too_long)
-                        writer.put(_decode(chunk, source.name, options, on_reject, read))
+                        writer.put(_decode(chunk, source.name, options, on_reject, read, encode))
                 except SourceError as exc:
                     report.source_errors.append(str(exc))
     finally:
@@ -570,6 +574,7 @@ def _decode(
     options: IngestOptions,
     on_reject: Callable[[Reject], None] | None,
     mapper: Mapper | None = None,
+    encode: Callable[[Sequence[Row]], RowBatch] = encode_rows,
 ) -> _Batch:
     rows, rejects = decode_lines(chunk.lines, name, mapper, CLOUDEVENTS.events)
     limit, size = options.max_line_bytes, options.batch_size
@@ -577,5 +582,5 @@ def _decode(
     if on_reject:
         for reject in rejects:
             on_reject(reject)
-    parts = [encode_rows(rows[i : i + size]) for i in range(0, len(rows), size)]
+    parts = [encode(rows[i : i + size]) for i in range(0, len(rows), size)]
     return _Batch(parts, len(rejects), checkpoint=chunk.checkpoint)

@@ -471,7 +471,11 @@ class Store(ABC):
 
     def write_batch(self, rows: Sequence[Row], invalid: int = 0) -> BatchResult:
         """Insert `rows` and count `invalid` rejected lines, all in one transaction."""
-        return self.write_rows([encode_rows(rows)] if rows else [], invalid)
+        return self.write_rows([self.encode_rows(rows)] if rows else [], invalid)
+
+    def encode_rows(self, rows: Sequence[Row]) -> RowBatch:
+        """`rows` as `write_rows` takes them. It uses no connection: any thread may call it."""
+        return encode_rows(rows)
 
     def maintain(self) -> int:
         """Housekeeping for a writer to run after its commits, each step short: the

@@ -1,8 +1,16 @@
 """The SQLite store: one file, WAL, one writer at a time.
 
-Duplicates are dropped by the unique key `(topic, event_id)` with one
-`INSERT ... ON CONFLICT` statement a batch; topic counts and counters change in the same
-IMMEDIATE transaction as the rows, so they agree with them even after `kill -9`.
+Duplicates are dropped by a unique index with one `INSERT ... ON CONFLICT` statement a
+batch; topic counts and counters change in the same IMMEDIATE transaction as the rows, so
+they agree with them even after `kill -9`.
+
+- The key: the unique index is over `key`, a 64-bit hash of `(topic, event_id)` computed
+  by the reader (`encode_rows`), not over the two texts: a fixed-width integer keeps the
+  index about a third of the size, so that random keys dirty fewer pages. The hash only
+  finds the candidate; the stored topic and event_id are always compared. A different
+  event whose hash is taken (a collision) is stored beside it with `key` NULL, where a
+  partial unique index over `(topic, event_id)` keeps it exact; when the keyed row is
+  deleted, the oldest such event of its hash takes the key over.
 
 - Commit order: `seq INTEGER PRIMARY KEY AUTOINCREMENT`. Writers are serialised by the
   write lock, so positions are handed out in commit order, and AUTOINCREMENT never hands
@@ -18,6 +26,7 @@ IMMEDIATE transaction as the rows, so they agree with them even after `kill -9`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -26,15 +35,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
+
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.models import Checkpoint, RowBatch, StoredEvent, content_hash
+from logagg.models import Checkpoint, Row, RowBatch, StoredEvent, content_hash
 from logagg.store.base import BatchResult, Counters, Store, newer_schema
 from logagg.timestamps import utc_now
 from logagg.units import human_bytes
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_SECONDS = 60.0
 CACHE_KIB = 64 * 1024
+PAGE_SIZE = 16384  # of a new store
 # The WAL: SQLite checkpoints it after commits (every 1000 pages); once it has been copied
 # back and no reader uses it, it is reset and truncated to JOURNAL_SIZE_LIMIT. Past
 # WAL_CHECK_BYTES logagg checkpoints it itself every WAL_CHECK_SECONDS (TRUNCATE, waiting
@@ -144,22 +156,48 @@ CREATE TABLE cursors (
 );
 """
 
+# Version 5: the unique index over the 64-bit `key` (see the module's docstring). Rows are
+# keyed in position order, so of two keys with one hash the older keeps it.
+_V5 = """
+ALTER TABLE events ADD COLUMN key INTEGER;  -- hash of (topic, event_id), NULL for a collision
+DROP INDEX events_key;
+CREATE UNIQUE INDEX events_key ON events (key);
+CREATE UNIQUE INDEX events_aside ON events (topic, event_id) WHERE key IS NULL;
+UPDATE OR IGNORE events SET key = logagg_key(topic, event_id);
+"""
+
 # MIGRATIONS[v] takes a store from version v to v + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-# Per connection (TEMP): the conflicts a statement met, and the trigger that records them.
-# It runs only on the update path of the upsert below (the one statement that sets the
-# timestamp of an existing row), that is for a duplicate whose content differs or whose
-# row is a tombstone; keeping the first copy (or a tombstone) it cancels the update.
+# The update path of an upsert on a stored key: a copy whose content differs, or a row that
+# is a tombstone, or (on `key`) another event whose hash is taken.
+_ON_STORED = (
+    " DO UPDATE SET timestamp = excluded.timestamp, source = excluded.source,"
+    " payload = excluded.payload, extra = excluded.extra, ingested_at = excluded.ingested_at"
+    " WHERE events.payload IS NULL OR events.payload <> excluded.payload"
+    " OR events.timestamp <> excluded.timestamp OR events.source <> excluded.source"
+    " OR events.extra IS NOT excluded.extra"
+)
+
+# Per connection (TEMP): the conflicts a statement met, and the triggers of the upserts.
+# logagg_conflict runs only on the update path (the one statement that sets the timestamp
+# of an existing row) of the same event, that is for a duplicate whose content differs or
+# whose row is a tombstone; keeping the first copy (or a tombstone) it cancels the update.
+# logagg_collision runs when the key's row is another event: it stores the new one with
+# no key (a duplicate of one stored so goes through the same upsert on the exact key),
+# notes it in logagg_aside and cancels the update. logagg_rekey hands a deleted row's key
+# to the oldest keyless event of the same hash.
 _CONFLICT_SETUP = (
     "CREATE TEMP TABLE IF NOT EXISTS logagg_clash (n INTEGER PRIMARY KEY, seq INTEGER,"
     " topic TEXT, event_id TEXT, stored_hash INTEGER, new_hash INTEGER, applied INTEGER,"
     " timestamp TEXT)",
+    "CREATE TEMP TABLE IF NOT EXISTS logagg_aside (n INTEGER PRIMARY KEY)",
     "CREATE TEMP TABLE IF NOT EXISTS logagg_mode (keep_last INTEGER NOT NULL)",
     "INSERT INTO logagg_mode SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM logagg_mode)",
     """CREATE TEMP TRIGGER IF NOT EXISTS logagg_conflict
     BEFORE UPDATE OF timestamp ON main.events
+    WHEN OLD.topic = NEW.topic AND OLD.event_id = NEW.event_id
     BEGIN
         INSERT INTO logagg_clash (seq, topic, event_id, stored_hash, new_hash, applied, timestamp)
         SELECT OLD.seq, OLD.topic, OLD.event_id, h.stored, h.new,
@@ -171,23 +209,42 @@ _CONFLICT_SETUP = (
         WHERE h.stored IS NOT h.new;
         SELECT RAISE(IGNORE) WHERE OLD.payload IS NULL OR NOT (SELECT keep_last FROM logagg_mode);
     END""",
+    f"""CREATE TEMP TRIGGER IF NOT EXISTS logagg_collision
+    BEFORE UPDATE OF timestamp ON main.events
+    WHEN OLD.topic IS NOT NEW.topic OR OLD.event_id IS NOT NEW.event_id
+    BEGIN
+        INSERT INTO logagg_aside (n) VALUES (NULL);
+        INSERT INTO events (topic, event_id, timestamp, source, payload, extra, ingested_at)
+        VALUES (NEW.topic, NEW.event_id, NEW.timestamp, NEW.source, NEW.payload, NEW.extra,
+                NEW.ingested_at)
+        ON CONFLICT (topic, event_id) WHERE key IS NULL{_ON_STORED};
+        SELECT RAISE(IGNORE);
+    END""",
+    """CREATE TEMP TRIGGER IF NOT EXISTS logagg_rekey
+    AFTER DELETE ON main.events WHEN OLD.key IS NOT NULL
+    BEGIN
+        UPDATE events SET key = OLD.key WHERE seq = (SELECT seq FROM events
+            WHERE key IS NULL AND logagg_key(topic, event_id) = OLD.key ORDER BY seq LIMIT 1);
+    END""",
 )
 
 # One statement a RowBatch: SQLite unpacks the JSON array itself, so the whole batch goes
-# in without a round trip to Python (and without holding the GIL) per row.
+# in without a round trip to Python (and without holding the GIL) per row. A row's key
+# comes with it; one encoded without (by `models.encode_rows`) gets it here. Setting topic
+# and event_id shows the triggers which event came (they never change a stored row's).
 _INSERT = (
-    "INSERT INTO events (topic, event_id, timestamp, source, payload, extra, ingested_at)"
-    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
-    " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-    " json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2"
-    " FROM json_each(?1) WHERE true"  # WHERE: lets the parser tell ON CONFLICT from a join
-    " ON CONFLICT (topic, event_id) DO UPDATE SET timestamp = excluded.timestamp,"
-    " source = excluded.source, payload = excluded.payload, extra = excluded.extra,"
-    " ingested_at = excluded.ingested_at"
-    " WHERE events.payload IS NULL OR events.payload <> excluded.payload"
-    " OR events.timestamp <> excluded.timestamp OR events.source <> excluded.source"
-    " OR events.extra IS NOT excluded.extra"
+    "INSERT INTO events (topic, event_id, timestamp, source, payload, extra, ingested_at, key)"
+    " SELECT t, e, json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+    " json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2,"
+    " coalesce(json_extract(value, '$[6]'), logagg_key(t, e))"
+    " FROM (SELECT value, json_extract(value, '$[0]') AS t, json_extract(value, '$[1]') AS e"
+    " FROM json_each(?1)) WHERE true"  # WHERE: lets the parser tell ON CONFLICT from a join
+    " ON CONFLICT (key)"
+    + _ON_STORED.replace("SET", "SET topic = excluded.topic, event_id = excluded.event_id,", 1)
+    + " OR events.topic <> excluded.topic OR events.event_id <> excluded.event_id"
 )
+_APPLIED = "SELECT count(*) FROM logagg_clash WHERE applied"
+_COUNT_AFTER = "SELECT count(*) FROM events NOT INDEXED WHERE rowid > ?"
 # NOT INDEXED: read only the rows of this batch by rowid, never the topic index.
 _NEW_PER_TOPIC = (
     "SELECT topic, count(*), min(timestamp), max(timestamp) FROM events NOT INDEXED"
@@ -320,6 +377,9 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.create_function("logagg_hash", 4, _hash, deterministic=True)
+        conn.create_function("logagg_key", 2, event_key, deterministic=True)
+        if version == 0:  # only a new file takes it; an older store keeps its own
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         if version < SCHEMA_VERSION:
             self._migrate()
         for statement in _CONFLICT_SETUP:
@@ -466,6 +526,12 @@ class SQLiteStore(Store):
 
     # --- writing -------------------------------------------------------------------------
 
+    def encode_rows(self, rows: Sequence[Row]) -> RowBatch:
+        """Rows with each one's key (`event_key`) as a seventh field: computed in the
+        caller's thread (the reader's), so that the writer runs no Python per row."""
+        keyed = [(*r, event_key(r[0], r[1])) for r in rows]
+        return RowBatch(orjson.dumps(keyed).decode(), len(rows))
+
     def configure(self, *, keep_last: bool = False, retain: float | None = None) -> None:
         super().configure(keep_last=keep_last, retain=retain)
         with self._guard():
@@ -485,13 +551,19 @@ class SQLiteStore(Store):
             before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
             per_batch = []
             replaced = 0
+            top = before
             for b in batches:
                 changed = conn.execute(_INSERT, (b.json, now)).rowcount
-                if keep_last:  # the update path counts as a change; it stored nothing new
-                    total = conn.execute("SELECT count(*) FROM logagg_clash WHERE applied")
-                    applied = total.fetchone()[0]
+                if conn.execute("SELECT EXISTS (SELECT 1 FROM logagg_aside)").fetchone()[0]:
+                    # a collision stored an event from a trigger, which rowcount leaves out
+                    conn.execute("DELETE FROM logagg_aside")
+                    changed = conn.execute(_COUNT_AFTER, (top,)).fetchone()[0]
+                    replaced = conn.execute(_APPLIED).fetchone()[0]
+                elif keep_last:  # the update path counts as a change; it stored nothing new
+                    applied = conn.execute(_APPLIED).fetchone()[0]
                     changed -= applied - replaced
                     replaced = applied
+                top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
                 per_batch.append(changed)
             clash = conn.execute(
                 "SELECT seq, topic, event_id, stored_hash, new_hash, applied, timestamp"
@@ -670,6 +742,17 @@ class SQLiteStore(Store):
             for leftover in (partial, partial + "-wal", partial + "-shm", partial + "-journal"):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
+
+
+def event_key(topic: str, event_id: str) -> int:
+    """The 64-bit key of `(topic, event_id)`: the first 8 bytes of the MD5 of both joined
+    by U+001F, signed. Equal events have equal keys; different ones almost always differ,
+    and when they do not, the store tells them apart by their texts."""
+    text = f"{topic}\x1f{event_id}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(_md5(text, usedforsecurity=False).digest()[:8], "big", signed=True)
+
+
+_md5 = hashlib.md5
 
 
 def _hash(timestamp: str, source: str, payload: str, extra: str | None) -> int:
