@@ -45,7 +45,10 @@ from logagg.units import human_bytes
 
 SCHEMA_VERSION = 5
 BUSY_TIMEOUT_SECONDS = 60.0
-CACHE_KIB = 64 * 1024
+# The page cache: the dirty set of a 50 000-event commit fits at 1M events (the key index
+# is small); beyond, a commit touches most of the key index whatever the cache, and more
+# cache only adds memory (peak RSS at 5M: 140 MiB with 32 MiB, 153 with 48, 165 with 64).
+CACHE_KIB = 32 * 1024
 PAGE_SIZE = 16384  # of a new store
 # The WAL: SQLite checkpoints it after commits (every 1000 pages); once it has been copied
 # back and no reader uses it, it is reset and truncated to JOURNAL_SIZE_LIMIT. Past
