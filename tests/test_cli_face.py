@@ -17,7 +17,7 @@ COMMANDS = [
     "ingest", "publish", "events", "stats", "check", "gen", "serve", "cursors", "prune",
     "vacuum", "backup", "conflicts", "completion",
 ]  # fmt: skip
-PYTHON_WORDS = re.compile(r"<[a-z][a-z |\[\]-]*>|\{[a-z_]+\}")
+PYTHON_WORDS = re.compile(r"<[a-z][a-z |\[\]-]*>|\{[a-z_]+\}|\bx[<>]=")
 
 
 # --- logagg alone ---------------------------------------------------------------------------

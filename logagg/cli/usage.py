@@ -8,6 +8,7 @@ modules of its own; both are used here, and nowhere else.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from enum import Enum, StrEnum
 from typing import Annotated, Any
@@ -72,6 +73,7 @@ class Command(TyperCommand):
             record = param.get_help_record(ctx)
             if record is None:
                 continue
+            record = (record[0], _ranges_in_words(record[1]))
             if param.param_type_name == "argument":  # its name, without a type after it
                 arguments.append((param.metavar or record[0], record[1]))
             else:
@@ -84,6 +86,13 @@ class Command(TyperCommand):
             if records:
                 with formatter.section(title):
                     formatter.write_dl(records)
+
+
+def _ranges_in_words(text: str) -> str:
+    """Click's `1<=x<=9`, `x>=1`, `x<=9` as `1 to 9`, `at least 1`, `at most 9`."""
+    text = re.sub(r"(-?[\d.]+)<=x<=(-?[\d.]+)", r"\1 to \2", text)
+    text = re.sub(r"\bx>=(-?[\d.]+)", r"at least \1", text)
+    return re.sub(r"\bx<=(-?[\d.]+)", r"at most \1", text)
 
 
 def _choice(value: object) -> str:
