@@ -10,7 +10,7 @@ DEMO_REJECTS ?= demo-rejects.jsonl
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench clean postgres-server shipper-daemon
+.PHONY: demo test lint bench clean postgres-server shipper-daemon sqlite3-shell
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,7 +66,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check logagg tests bench
 	$(BIN)/mypy --strict logagg
 
-bench: $(STAMP) postgres-server
+# The benchmark's C reference: the sqlite3 command-line shell.
+sqlite3-shell:
+	@command -v sqlite3 >/dev/null || { \
+	  echo "installing the sqlite3 command-line shell for the benchmark"; \
+	  if command -v apt-get >/dev/null; then $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3; \
+	  elif command -v dnf >/dev/null; then $(SUDO) dnf install -y -q sqlite; \
+	  elif command -v apk >/dev/null; then $(SUDO) apk add -q sqlite; \
+	  elif command -v brew >/dev/null; then brew install -q sqlite; \
+	  else echo "install the sqlite3 command-line shell" >&2; exit 1; fi; }
+
+# Sizes: BENCH_SIZES (default "1000000 5000000"); the 20M run is opt-in:
+#   make bench BENCH_SIZES="1000000 5000000 20000000"
+bench: $(STAMP) postgres-server sqlite3-shell
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/run.py
 	{ printf '# PostgreSQL benchmark results\n\nReproduce: `make bench`.\n\n'; \

@@ -1,10 +1,11 @@
-"""The logagg benchmark (`make bench`): logagg against sqlite-utils and a minimal floor.
+"""The logagg benchmark (`make bench`): logagg against a tuned floor, the sqlite3 shell
+and sqlite-utils, at each size of BENCH_SIZES.
 
 Every step runs whole child processes and measures wall time around each and its peak RSS
 (from `os.wait4`). Sizes and repeats come from environment variables whose defaults are
 the sizes of the benchmark (see bench/README.md), so a small run is, for example:
 
-    BENCH_EVENTS=20000 BENCH_BIG=50000 BENCH_REPEAT=1 BENCH_TRICKLE_SECONDS=3 make bench
+    BENCH_SIZES="20000 50000" BENCH_REPEAT=1 BENCH_TRICKLE_SECONDS=3 make bench
 
 The results go to bench/RESULTS.md (its "What was tried" section is kept) and stdout.
 Exit status 1 when a tool stored a different number of rows than the input holds.
@@ -39,9 +40,13 @@ BIN = Path(sys.executable).parent
 # Targets of the benchmark issue ("Fast at scale").
 MIN_VS_SQLITE_UTILS = 4.5  # logagg events/s over sqlite-utils events/s
 MAX_VS_FLOOR = 1.25  # logagg wall time over the floor's wall time
-MIN_BIG_RATE = 0.75  # events/s at BENCH_BIG over events/s at BENCH_EVENTS
-MAX_RSS_MB = 160.0  # peak RSS of `logagg ingest`, in MB (10^6 bytes)
-MAX_RSS_GROWTH = 0.10  # peak RSS at BENCH_BIG within this share of that at BENCH_EVENTS
+MIN_BIG_RATE = 0.75  # events/s at the second size over events/s at the first
+MAX_RSS_MB = 160.0  # peak RSS of `logagg ingest`, in MB (10^6 bytes), at every size
+# The floor's settings at each size (page size, events a commit, cache MiB): the best an
+# interleaved sweep found for its own loop (bench/RESULTS.md, "What was tried"); the
+# sqlite3 shell gets the same page size and cache.
+FLOOR_SETTINGS = ((1_000_000, (65536, 200_000, 64)), (0, (4096, 200_000, 64)))
+SQLITE_UTILS_MAX = 5_000_000  # larger sizes skip sqlite-utils (about an hour at 20M)
 MAX_QUERY_RATIO = 1.3  # stats / events on the big store over the same on an empty store
 MAX_TRICKLE_P99 = 0.5  # seconds from a line written to it being visible
 MAX_STARTUP_RATIO = 1.5  # `logagg --help` over `python -c "import typer"`
@@ -77,12 +82,22 @@ def _env_float(name: str, default: float) -> float:
         raise BenchError(f"{name}={value!r}: expected a number") from None
 
 
+def _env_sizes(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    value = os.environ.get(name, "").replace(",", " ").split()
+    try:
+        sizes = tuple(int(v.replace("_", "")) for v in value) if value else default
+    except ValueError:
+        raise BenchError(f"{name}={' '.join(value)!r}: expected event counts") from None
+    if not sizes or min(sizes) <= 0:
+        raise BenchError(f"{name}: expected at least one positive event count")
+    return sizes
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """What to run; every field has an environment variable (see `from_env`)."""
 
-    events: int = 1_000_000
-    big: int = 5_000_000
+    sizes: tuple[int, ...] = (1_000_000, 5_000_000)
     repeat: int = 3
     big_repeat: int = 1
     query_repeat: int = 7
@@ -99,8 +114,7 @@ class Config:
         """Read BENCH_* variables; unset ones keep the benchmark's sizes."""
         d = cls()
         return cls(
-            events=_env_int("BENCH_EVENTS", d.events),
-            big=_env_int("BENCH_BIG", d.big),
+            sizes=_env_sizes("BENCH_SIZES", d.sizes),
             repeat=max(1, _env_int("BENCH_REPEAT", d.repeat)),
             big_repeat=max(1, _env_int("BENCH_BIG_REPEAT", d.big_repeat)),
             query_repeat=max(1, _env_int("BENCH_QUERY_REPEAT", d.query_repeat)),
@@ -117,8 +131,6 @@ class Config:
         """The BENCH_* settings that differ from the defaults, as shell assignments."""
         d = Config()
         names = {
-            "events": "BENCH_EVENTS",
-            "big": "BENCH_BIG",
             "repeat": "BENCH_REPEAT",
             "big_repeat": "BENCH_BIG_REPEAT",
             "query_repeat": "BENCH_QUERY_REPEAT",
@@ -132,6 +144,8 @@ class Config:
             for attr, env in names.items()
             if getattr(self, attr) != getattr(d, attr)
         ]
+        if self.sizes != d.sizes:
+            parts.insert(0, f'BENCH_SIZES="{" ".join(map(str, self.sizes))}"')
         if self.poll_seconds != d.poll_seconds:
             parts.append(f"BENCH_POLL_MS={_plain(self.poll_seconds * 1000)}")
         return " ".join(parts)
@@ -220,20 +234,6 @@ def count_rows(db: Path) -> int:
         conn.close()
 
 
-def events_shape(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[str, ...]]]:
-    """The `events` table's columns (name, type, not null, pk) and its indexes' columns."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        columns = [tuple(r[1:4]) + (r[5],) for r in conn.execute("PRAGMA table_info(events)")]
-        indexes = sorted(
-            tuple(c[2] for c in conn.execute(f"PRAGMA index_info('{r[1]}')"))
-            for r in conn.execute("PRAGMA index_list(events)")
-        )
-        return columns, indexes
-    finally:
-        conn.close()
-
-
 # --- statistics -------------------------------------------------------------------------
 
 
@@ -255,22 +255,34 @@ def verdict(ok: bool) -> str:
 
 
 @dataclass(slots=True)
+class Size:
+    """One input size: its lines, unique events and every tool's runs on it."""
+
+    lines: int
+    unique: int = 0
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    store_bytes: dict[str, list[int]] = field(default_factory=dict)
+
+    def wall(self, tool: str) -> float:
+        return median([r.wall for r in self.runs[tool]])
+
+    def rate(self, tool: str) -> float:
+        return self.lines / self.wall(tool)
+
+    def rss_kib(self, tool: str) -> float:
+        return median([r.rss_kib for r in self.runs[tool]])
+
+
+@dataclass(slots=True)
 class Outcome:
     """Everything measured, and every mismatch found on the way."""
 
     machine: str = ""
-    lines: int = 0
-    unique: int = 0
-    gen_seconds: float = 0.0
-    runs: dict[str, list[Run]] = field(default_factory=dict)
-    rows: dict[str, list[int]] = field(default_factory=dict)
-    big_lines: int = 0
-    big_unique: int = 0
-    big_runs: list[Run] = field(default_factory=list)
-    big_rows: list[int] = field(default_factory=list)
-    big_floor: Run | None = None
+    sizes: list[Size] = field(default_factory=list)
     serve: dict[str, Any] | None = None
     queries: dict[str, tuple[float, float]] = field(default_factory=dict)
+    queried_lines: int = 0
     trickle: dict[str, float] = field(default_factory=dict)
     startup: tuple[float, float] | None = None
     mismatches: list[str] = field(default_factory=list)
@@ -339,11 +351,48 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-TOOLS = ("logagg", "sqlite-utils", "floor")
+TOOLS = ("logagg", "floor", "sqlite3 shell", "sqlite-utils")
+
+# The sqlite3 shell: the same table as the floor's, every line imported as one text column
+# into a TEMP table, then one INSERT OR IGNORE in input order that unpacks it with ->>.
+SHELL_SCRIPT = """\
+PRAGMA page_size = {page};
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA cache_size = -{cache_kib};
+{schema}
+CREATE TEMP TABLE raw (line TEXT);
+.mode ascii
+.separator "\\037" "\\n"
+.import --schema temp '{source}' raw
+INSERT OR IGNORE INTO events
+SELECT line ->> 'topic', line ->> 'event_id', line ->> 'timestamp', line ->> 'source',
+       coalesce(line -> 'payload', '{{}}'), NULL, strftime('%Y-%m-%dT%H:%M:%fZ')
+FROM temp.raw ORDER BY rowid;
+"""
 
 
-def tool_argv(tool: str, source: Path, db: Path) -> list[str]:
-    """The command that stores `source` into `db` with `tool`."""
+def floor_settings(lines: int) -> tuple[int, int, int]:
+    """(page size, events a commit, cache MiB) of the floor at `lines` events."""
+    for at_most, settings in FLOOR_SETTINGS:
+        if lines <= at_most or at_most == 0:
+            return settings
+    return FLOOR_SETTINGS[-1][1]
+
+
+def shell_script(source: Path, lines: int) -> str:
+    """The sqlite3 shell's script that loads `source`."""
+    sys.path.insert(0, str(HERE))
+    import floor  # bench/floor.py: the same schema
+
+    page, _, cache = floor_settings(lines)
+    return SHELL_SCRIPT.format(
+        page=page, cache_kib=cache * 1024, schema=floor.SCHEMA.strip(), source=source
+    )
+
+
+def tool_argv(tool: str, source: Path, db: Path, lines: int) -> list[str]:
+    """The command that stores `source` (of `lines` events) into `db` with `tool`."""
     if tool == "logagg":
         return [_tool("logagg"), "ingest", "--quiet", "--json", "--db", str(db), str(source)]
     if tool == "sqlite-utils":
@@ -360,7 +409,28 @@ def tool_argv(tool: str, source: Path, db: Path) -> list[str]:
             "event_id",
             "--ignore",
         ]
-    return [sys.executable, str(HERE / "floor.py"), str(source), str(db)]
+    if tool == "sqlite3 shell":
+        script = db.with_suffix(".sql")
+        script.write_text(shell_script(source, lines))
+        return [_tool("sqlite3"), "-bail", str(db), f".read '{script}'"]
+    page, commit, cache = floor_settings(lines)
+    return [
+        sys.executable,
+        str(HERE / "floor.py"),
+        str(source),
+        str(db),
+        "--page-size",
+        str(page),
+        "--batch-size",
+        str(commit),
+        "--cache-mib",
+        str(cache),
+    ]
+
+
+def store_size(db: Path) -> int:
+    """Bytes of `db` and its WAL."""
+    return sum(os.path.getsize(f"{db}{x}") for x in ("", "-wal") if os.path.exists(f"{db}{x}"))
 
 
 def check_report(out: Outcome, run: Run, lines: int, unique: int) -> None:
@@ -377,55 +447,36 @@ def check_report(out: Outcome, run: Run, lines: int, unique: int) -> None:
         )
 
 
-def compare(cfg: Config, out: Outcome, source: Path) -> None:
-    """Alternate logagg, sqlite-utils and the floor `cfg.repeat` times on `source`."""
+def compare(cfg: Config, out: Outcome, size: Size, source: Path, rounds: int) -> Path:
+    """Alternate the tools `rounds` times on `source`; returns logagg's last store (kept)."""
     stores = cfg.data / "stores"
     stores.mkdir(parents=True, exist_ok=True)
-    for tool in TOOLS:
-        out.runs[tool], out.rows[tool] = [], []
-    for round_no in range(1, cfg.repeat + 1):
-        for tool in TOOLS:
-            db = fresh(stores / f"{tool}.db")
-            run = run_child(tool_argv(tool, source, db))
+    tools = [t for t in TOOLS if t != "sqlite-utils" or size.lines <= SQLITE_UTILS_MAX]
+    for tool in tools:
+        size.runs[tool], size.rows[tool], size.store_bytes[tool] = [], [], []
+    for round_no in range(1, rounds + 1):
+        for tool in tools:
+            db = fresh(stores / f"{tool.replace(' ', '-')}.db")
+            run = run_child(tool_argv(tool, source, db, size.lines))
             rows = count_rows(db)
-            out.runs[tool].append(run)
-            out.rows[tool].append(rows)
+            size.runs[tool].append(run)
+            size.rows[tool].append(rows)
+            size.store_bytes[tool].append(store_size(db))
             log(
-                f"round {round_no}/{cfg.repeat} {tool}: {run.wall:.2f} s,"
+                f"{_n(size.lines)} round {round_no}/{rounds} {tool}: {run.wall:.2f} s,"
                 f" {run.rss_kib / 1024:.0f} MiB, {rows} rows"
             )
-            if rows != out.unique:
-                out.mismatch(f"{tool} stored {rows} rows, the input has {out.unique} unique")
-            if tool == "logagg":
-                check_report(out, run, out.lines, out.unique)
-        if round_no == 1:
-            reference = events_shape(stores / "logagg.db")
-            if events_shape(stores / "floor.db") != reference:
-                out.mismatch("bench/floor.py's events table differs from logagg's store")
-        for tool in TOOLS:
-            fresh(stores / f"{tool}.db")
-
-
-def big_ingest(cfg: Config, out: Outcome, source: Path) -> Path:
-    """`logagg ingest` of the big input, `cfg.big_repeat` times; returns the last store."""
-    db = cfg.data / "stores" / "big.db"
-    for n in range(1, cfg.big_repeat + 1):
-        run = run_child(tool_argv("logagg", source, fresh(db)))
-        rows = count_rows(db)
-        out.big_runs.append(run)
-        out.big_rows.append(rows)
-        log(f"big {n}/{cfg.big_repeat} logagg: {run.wall:.2f} s, {run.rss_kib / 1024:.0f} MiB")
-        if rows != out.big_unique:
-            out.mismatch(f"logagg stored {rows} rows of {out.big_unique} unique (big input)")
-        check_report(out, run, out.big_lines, out.big_unique)
-    # The floor at the same size tells how much of any slow-down is SQLite's own.
-    floor_db = cfg.data / "stores" / "big-floor.db"
-    out.big_floor = run_child(tool_argv("floor", source, fresh(floor_db)))
-    log(f"big floor: {out.big_floor.wall:.2f} s, {out.big_floor.rss_kib / 1024:.0f} MiB")
-    if count_rows(floor_db) != out.big_unique:
-        out.mismatch("floor stored a different number of rows (big input)")
-    fresh(floor_db)
-    return db
+            if rows != size.unique:
+                out.mismatch(
+                    f"{tool} stored {rows} rows of {size.lines} events,"
+                    f" the input has {size.unique} unique"
+                )
+            if tool == "logagg":  # kept until the next round, or for the queries
+                check_report(out, run, size.lines, size.unique)
+            else:
+                fresh(db)
+                db.with_suffix(".sql").unlink(missing_ok=True)
+    return stores / "logagg.db"
 
 
 def queries(cfg: Config, out: Outcome, big: Path) -> None:
@@ -588,15 +639,25 @@ def _n(count: int) -> str:
     return f"{count:,}".replace(",", " ")
 
 
+def _ratio(value: float, target: str, ok: bool) -> str:
+    return f"{value:.2f} | {target} | {verdict(ok)}"
+
+
+def _settings() -> str:
+    return "; ".join(
+        f"{'up to ' + _n(at) if at else 'above'}: {p} B pages, {_n(c)}-event commits, {m} MiB cache"
+        for at, (p, c, m) in FLOOR_SETTINGS
+    )
+
+
 def render(cfg: Config, out: Outcome) -> str:
     """RESULTS.md without its "What was tried" section."""
     defaults = Config()
-    issue_sizes = cfg.events == defaults.events and cfg.big == defaults.big
     command = f"{cfg.overrides()} make bench".strip()
     md: list[str] = ["# Benchmark results", ""]
     md += [f"Machine: {out.machine}", ""]
     md += [f"Reproduce: `{command}`", ""]
-    if not issue_sizes:
+    if not set(defaults.sizes) <= set(cfg.sizes):
         md += [
             "**Small run**: the targets are stated for 1 000 000 and 5 000 000 events;"
             " at these sizes the verdicts are indicative only.",
@@ -604,84 +665,97 @@ def render(cfg: Config, out: Outcome) -> str:
         ]
     if out.mismatches:
         md += ["## Mismatches", ""] + [f"- **{m}**" for m in out.mismatches] + [""]
-
     md += [
-        f"## Ingest of {_n(out.lines)} events ({_n(out.unique)} unique)",
+        "## Ingest",
         "",
-        f"Input: `logagg gen {out.lines} --seed {cfg.seed}` (random UUID event ids,"
-        f" 10 topics, 20 % re-sends). Medians of {cfg.repeat} alternated runs, each a whole"
-        " process into a fresh database; peak RSS from `wait4`.",
+        f"Input: `logagg gen N --seed {cfg.seed}` (random UUID event ids, 10 topics, 20 %"
+        " re-sends). Each run is a whole process into a fresh database. The runs are"
+        " interleaved: the tools run in turn (logagg, floor, shell, sqlite-utils, then"
+        " again), so that a slower or faster spell of the machine falls on all of them."
+        f" Medians of {cfg.repeat} rounds at {_n(cfg.sizes[0])} events, {cfg.big_repeat}"
+        " at larger sizes; peak RSS from `wait4`; store: the database file and its WAL"
+        " after the run.",
         "",
-        "| tool | events/s | wall s | peak RSS MiB | rows stored | events/s vs logagg |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| events | tool | events/s | wall s | peak RSS MiB | store MiB | rows stored"
+        " | wall vs logagg |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    wall = {t: median([r.wall for r in out.runs[t]]) for t in TOOLS}
-    rate = {t: out.lines / wall[t] for t in TOOLS}
-    for tool in TOOLS:
-        rss = median([r.rss_kib for r in out.runs[tool]])
-        rows = sorted(set(out.rows[tool]))
-        stored = " / ".join(_n(r) for r in rows) + ("" if rows == [out.unique] else " ✗")
-        md.append(
-            f"| {tool} | {_n(round(rate[tool]))} | {wall[tool]:.2f} | {_mib(rss)} | {stored}"
-            f" | {rate[tool] / rate['logagg']:.2f} |"
-        )
-    vs_utils = rate["logagg"] / rate["sqlite-utils"]
-    vs_floor = wall["logagg"] / wall["floor"]
+    for size in out.sizes:
+        for tool in size.runs:
+            rows = sorted(set(size.rows[tool]))
+            stored = " / ".join(_n(r) for r in rows) + ("" if rows == [size.unique] else " ✗")
+            store = median(size.store_bytes[tool]) / 2**20
+            md.append(
+                f"| {_n(size.lines)} | {tool} | {_n(round(size.rate(tool)))}"
+                f" | {size.wall(tool):.2f} | {_mib(size.rss_kib(tool))} | {store:.0f}"
+                f" | {stored} | {size.wall(tool) / size.wall('logagg'):.2f} |"
+            )
+        if size.lines > SQLITE_UTILS_MAX:
+            md.append(
+                f"| {_n(size.lines)} | sqlite-utils | | | | | skipped: over"
+                f" {_n(SQLITE_UTILS_MAX)} events it takes too long | |"
+            )
     md += [
         "",
-        "- logagg: `logagg ingest --quiet --json FILE` (full validation).",
+        "- logagg: `logagg ingest --quiet --json FILE` (full validation, conflicts, positions).",
+        "- floor: `python bench/floor.py FILE DB --page-size P --batch-size C --cache-mib M`:"
+        " orjson + executemany `INSERT OR IGNORE` on the exact `(topic, event_id)` key with"
+        " logagg's index for a topic's newest events, no validation, with the best settings"
+        f" an interleaved sweep found for its own loop at each size ({_settings()}).",
+        "- sqlite3 shell: the `sqlite3` command-line shell (C) with the floor's table, page"
+        " size and cache: `.import` of every line as one text column into a TEMP table,"
+        " then one `INSERT OR IGNORE ... SELECT line ->> 'topic', ...` in input order (one"
+        " transaction).",
         "- sqlite-utils: `sqlite-utils insert DB events FILE --nl --pk topic --pk event_id"
         " --ignore` (its table has no secondary index).",
-        "- floor: `python bench/floor.py FILE DB`: orjson + executemany `INSERT OR IGNORE`,"
-        " no validation, logagg's events schema, 50 000-event commits, 64 MiB cache, WAL,"
-        " `synchronous=NORMAL`.",
         "",
-        "| ratio | value | target | result |",
+        "| measurement | value | target | result |",
         "|---|---:|---|---|",
-        f"| logagg / sqlite-utils, events/s | {vs_utils:.2f} | ≥ {MIN_VS_SQLITE_UTILS}"
-        f" | {verdict(vs_utils >= MIN_VS_SQLITE_UTILS)} |",
-        f"| logagg / floor, wall time | {vs_floor:.2f} | ≤ {MAX_VS_FLOOR}"
-        f" | {verdict(vs_floor <= MAX_VS_FLOOR)} |",
-        "",
-        "Wall times of every run (s):",
-        "",
     ]
-    for tool in TOOLS:
-        md.append(f"- {tool}: " + ", ".join(f"{r.wall:.2f}" for r in out.runs[tool]))
+    first = out.sizes[0]
+    for size in out.sizes:
+        n = _n(size.lines)
+        vs_floor = size.wall("logagg") / size.wall("floor")
+        target = f"≤ {MAX_VS_FLOOR}" if size is first else ""
+        result = verdict(vs_floor <= MAX_VS_FLOOR) if size is first else ""
+        md.append(f"| {n}: logagg / floor, wall time | {vs_floor:.2f} | {target} | {result} |")
+        vs_shell = size.wall("logagg") / size.wall("sqlite3 shell")
+        md.append(f"| {n}: logagg / sqlite3 shell, wall time | {vs_shell:.2f} | | |")
+        if "sqlite-utils" in size.runs:
+            vs_utils = size.rate("logagg") / size.rate("sqlite-utils")
+            ok = vs_utils >= MIN_VS_SQLITE_UTILS
+            md.append(
+                f"| {n}: logagg / sqlite-utils, events/s | {vs_utils:.2f}"
+                f" | ≥ {MIN_VS_SQLITE_UTILS} | {verdict(ok)} |"
+            )
+        rss = size.rss_kib("logagg")
+        md.append(
+            f"| {n}: peak RSS of `logagg ingest` | {_mib(rss)} MiB | < {MAX_RSS_MB:.0f} MB"
+            f" | {verdict(rss * 1024 < MAX_RSS_MB * 1e6)} |"
+        )
+    for size in out.sizes[1:]:
+        for tool in ("logagg", "floor", "sqlite3 shell"):
+            ratio = size.rate(tool) / first.rate(tool)
+            label = (
+                f"{tool}: events/s at {_n(size.lines)} ({_n(round(size.rate(tool)))})"
+                f" / at {_n(first.lines)} ({_n(round(first.rate(tool)))})"
+            )
+            if tool == "logagg" and size is out.sizes[1]:
+                ok = ratio >= MIN_BIG_RATE
+                md.append(f"| {label} | {ratio:.2f} | ≥ {MIN_BIG_RATE} | {verdict(ok)} |")
+            else:
+                md.append(f"| {label} | {ratio:.2f} | | |")
+    md += ["", "Wall times of every run (s):", ""]
+    for size in out.sizes:
+        for tool, runs in size.runs.items():
+            walls = ", ".join(f"{r.wall:.2f}" for r in runs)
+            md.append(f"- {_n(size.lines)}, {tool}: {walls}")
     md += ["", "## Other measurements", ""]
     md += ["| measurement | value | target | result |", "|---|---:|---|---|"]
-    rss_small = median([r.rss_kib for r in out.runs["logagg"]])
-    md.append(
-        f"| peak RSS, `logagg ingest` of {_n(out.lines)} events | {_mib(rss_small)} MiB"
-        f" | < {MAX_RSS_MB:.0f} MB | {verdict(rss_small * 1024 < MAX_RSS_MB * 1e6)} |"
-    )
-    if out.big_runs:
-        rss_big = median([r.rss_kib for r in out.big_runs])
-        big_wall = median([r.wall for r in out.big_runs])
-        big_rate = out.big_lines / big_wall
-        growth = rss_big / rss_small - 1
-        md += [
-            f"| peak RSS, `logagg ingest` of {_n(out.big_lines)} events | {_mib(rss_big)} MiB"
-            f" | < {MAX_RSS_MB:.0f} MB | {verdict(rss_big * 1024 < MAX_RSS_MB * 1e6)} |",
-            f"| peak RSS growth, {_n(out.lines)} → {_n(out.big_lines)} events | {growth:+.1%}"
-            f" | within ±{MAX_RSS_GROWTH:.0%} | {verdict(abs(growth) <= MAX_RSS_GROWTH)} |",
-            f"| events/s at {_n(out.big_lines)} ({_n(round(big_rate))}, {big_wall:.1f} s)"
-            f" / at {_n(out.lines)} ({_n(round(rate['logagg']))})"
-            f" | {big_rate / rate['logagg']:.2f} | ≥ {MIN_BIG_RATE}"
-            f" | {verdict(big_rate / rate['logagg'] >= MIN_BIG_RATE)} |",
-        ]
-        if out.big_floor is not None:
-            floor_big_rate = out.big_lines / out.big_floor.wall
-            md.append(
-                f"| for reference, the floor: events/s at {_n(out.big_lines)}"
-                f" ({_n(round(floor_big_rate))}, {out.big_floor.wall:.1f} s)"
-                f" / at {_n(out.lines)} ({_n(round(rate['floor']))})"
-                f" | {floor_big_rate / rate['floor']:.2f} | | |"
-            )
     for name, (on_big, on_empty) in out.queries.items():
         ratio = on_big / on_empty
         md.append(
-            f"| `logagg {name}`: {_n(out.big_lines)}-event store {_ms(on_big)},"
+            f"| `logagg {name}`: {_n(out.queried_lines)}-event store {_ms(on_big)},"
             f" empty {_ms(on_empty)} | {ratio:.2f}x | ≤ {MAX_QUERY_RATIO}x"
             f" | {verdict(ratio <= MAX_QUERY_RATIO)} |"
         )
@@ -752,19 +826,18 @@ def bench(cfg: Config) -> Outcome:
     """Run every step and return what was measured."""
     out = Outcome(machine=machine_line())
     log(out.machine)
-    source, out.unique, out.gen_seconds = generate(cfg, cfg.events, "events")
-    out.lines = cfg.events
-    log(f"generated {out.lines} events ({out.unique} unique) in {out.gen_seconds:.1f} s")
-    compare(cfg, out, source)
-    source.unlink()
-    if cfg.big > 0:
-        big_source, out.big_unique, seconds = generate(cfg, cfg.big, "events")
-        out.big_lines = cfg.big
-        log(f"generated {out.big_lines} events ({out.big_unique} unique) in {seconds:.1f} s")
-        big = big_ingest(cfg, out, big_source)
-        big_source.unlink()
-        queries(cfg, out, big)
-        fresh(big)
+    for n, lines in enumerate(cfg.sizes):
+        source, unique, seconds = generate(cfg, lines, "events")
+        log(f"generated {lines} events ({unique} unique) in {seconds:.1f} s")
+        size = Size(lines, unique)
+        out.sizes.append(size)
+        store = compare(cfg, out, size, source, cfg.repeat if n == 0 else cfg.big_repeat)
+        source.unlink()
+        if n == len(cfg.sizes) - 1 and len(cfg.sizes) > 1:
+            out.queried_lines = lines
+            queries(cfg, out, store)
+        fresh(store)
+        write_results(cfg, render(cfg, out))  # so far: a long run that fails keeps these
     if cfg.trickle_seconds > 0:
         trickle(cfg, out)
     startup(cfg, out)
