@@ -269,3 +269,31 @@ def test_no_word_when_the_limit_was_chosen_or_all_fit(store: Path) -> None:
     ):
         run = on_terminal("events", "--db", store, "--no-pager", *args)
         assert run.code == 0 and run.stderr == "", args
+
+
+def test_a_listing_stopped_inside_the_store_leaves_nothing_open(tmp_path: Path) -> None:
+    """Ctrl-C landing while the store reads (not while logagg writes) kept the readers of
+    each topic alive past the store's close: Python then printed 'Exception ignored' and a
+    traceback for each one."""
+    import gc
+
+    from logagg.store import EventQuery, open_store
+
+    db = build(tmp_path / "s.db", 30)
+    unraisable: list[object] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        store = open_store(str(db), create=False)
+        rows = store.events(EventQuery(limit=None))
+        next(rows)
+        try:
+            rows.throw(KeyboardInterrupt)  # as a signal inside the reading would
+        except KeyboardInterrupt as exc:
+            kept = exc  # its traceback holds the frames, as while it is reported
+        store.close()
+        del kept, rows
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []

@@ -294,6 +294,13 @@ def newer_schema(path: str, version: int, supported: int) -> SchemaVersionError:
     )
 
 
+def _close(rows: Iterator[Any]) -> None:
+    """End a reader (a generator) now, while its connection is open."""
+    close = getattr(rows, "close", None)
+    if close is not None:
+        close()
+
+
 def _dropped(batches: Sequence[RowBatch], new: Sequence[StoredEvent]) -> tuple[StoredEvent, ...]:
     """The rows of `batches` that a transaction which stored `new` dropped as duplicates,
     in input order (the first copy of a stored key is the stored one)."""
@@ -523,8 +530,11 @@ class Store(ABC):
                 rows = self._merged(query, topics)
             else:
                 rows = self._query(*self._select(query))
-            for row in rows:
-                yield StoredEvent(*row[:8])
+            try:
+                for row in rows:
+                    yield StoredEvent(*row[:8])
+            finally:  # readers end with the listing, never after the store is closed
+                _close(rows)
 
     def count(self, query: EventQuery) -> int:
         """Stored events matching `query`'s filters (its limit and order not used): from
@@ -541,10 +551,14 @@ class Store(ABC):
         # One index range per topic, merged: an unfiltered listing never sorts the table.
         streams = [self._query(*self._select(query, topic)) for topic in topics]
         merged = heapq.merge(*streams, key=lambda r: (r[2], r[7]), reverse=query.newest_first)
-        for n, row in enumerate(merged):
-            if query.limit is not None and n >= query.limit:
-                break
-            yield row
+        try:
+            for n, row in enumerate(merged):
+                if query.limit is not None and n >= query.limit:
+                    break
+                yield row
+        finally:
+            for stream in streams:
+                _close(stream)
 
     def _where(self, query: EventQuery, topic: str | None = None) -> tuple[list[str], list[Any]]:
         """The query's filters as conditions on stored (not pruned) events; every value a
