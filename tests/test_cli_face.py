@@ -147,3 +147,22 @@ def test_an_unknown_shell_is_a_usage_error() -> None:
     assert proc.returncode == 2
     assert proc.stdout == b""
     assert len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["events", "-n", "0"], "--limit / -n: expected at least 1"),
+        (["events", "-n", "x"], "--limit / -n: expected a whole number"),
+        (["stats", "--format", "xml"], "--format / -f: 'xml' is not one of"),
+        (["completion"], "missing SHELL: bash, zsh or fish"),
+    ],
+    ids=["range", "integer", "choice", "missing"],
+)
+def test_usage_errors_are_one_line_in_plain_words(args: list[str], said: str) -> None:
+    proc = run_logagg(*args)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "\\n" not in err and "\\t" not in err, err
+    assert said in err, err
+    assert not re.search(r"Input should|Value error|unable to parse", err), err

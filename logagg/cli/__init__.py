@@ -67,7 +67,7 @@ def _outcome(exc: BaseException) -> int:
     if isinstance(exc, typer.TyperException):  # the parser's usage errors
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _fail(exc.format_message() + hint)
+        _fail(usage.plain_words(exc.format_message()) + hint)
         return ExitCode.USAGE
     if isinstance(exc, typer.Abort):
         return ExitCode.INTERRUPTED

@@ -95,6 +95,36 @@ def _ranges_in_words(text: str) -> str:
     return re.sub(r"\bx<=(-?[\d.]+)", r"at most \1", text)
 
 
+# The option parser's and its validator's phrases, in the product's words.
+_PHRASES = (
+    (
+        r"^Invalid value for ('[^:]+'(?: / '[^:]+')*): ",
+        lambda m: m.group(1).replace("'", "") + ": ",
+    ),
+    (r"Input should be greater than or equal to (\S+)", r"expected at least \1"),
+    (r"Input should be less than or equal to (\S+)", r"expected at most \1"),
+    (r"Input should be a valid integer.*", "expected a whole number"),
+    (r"Input should be a valid number.*", "expected a number"),
+    (r"Value error, ", ""),
+    (r"^Missing (argument|option) '([^']+)'\.?", r"missing \2"),
+)
+
+
+def plain_words(message: str) -> str:
+    """A usage error of the option parser in one line of the product's words:
+    `Invalid value for '--limit' / '-n': Input should be greater than or equal to 1` ->
+    `--limit / -n: expected at least 1`; a list of choices as `a, b or c`."""
+    text = " ".join(message.split())
+    choices = re.search(r"\.? Choose from: (.*)$", text)
+    if choices:
+        names = [c.strip(" ,.") for c in choices.group(1).split(",")]
+        listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        text = text[: choices.start()] + ": " + listed
+    for pattern, replacement in _PHRASES:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
 def _choice(value: object) -> str:
     return str(value.value) if isinstance(value, Enum) else str(value)
 
