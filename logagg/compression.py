@@ -113,8 +113,8 @@ class Decoder:
                 import zstandard
             except ImportError:
                 raise CorruptInput(
-                    "zstd input needs the zstd extra (the zstandard package): install logagg with it"
-                    " (from a checkout: pip install '.[zstd]')"
+                    "zstd input needs the zstd extra (the zstandard package): install logagg"
+                    " with it (from a checkout: pip install '.[zstd]')"
                 ) from None
             self._zstd = zstandard.ZstdDecompressor()
             self._unpack = self._zstd.decompressobj()
