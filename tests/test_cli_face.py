@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_logagg
+from conftest import logagg_cmd, run_logagg
 from terminal import LOGAGG, on_terminal
 
 COMMANDS = [
@@ -166,3 +166,30 @@ def test_usage_errors_are_one_line_in_plain_words(args: list[str], said: str) ->
     assert err.count("\n") == 1 and "\\n" not in err and "\\t" not in err, err
     assert said in err, err
     assert not re.search(r"Input should|Value error|unable to parse", err), err
+
+
+INTERRUPT_WHILE_LOADING = '''
+import os, signal, sys
+
+
+class Interrupt:
+    """Ctrl-C exactly while the command line's library is being imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "typer":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, Interrupt())
+'''
+
+
+@pytest.mark.parametrize("how", ["python -m logagg", "the logagg command"])
+def test_ctrl_c_while_the_command_is_still_loading_is_quiet(tmp_path: Path, how: str) -> None:
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPT_WHILE_LOADING)
+    argv = [*logagg_cmd("stats")] if how.startswith("python") else [LOGAGG, "stats"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert (result.returncode, result.stderr) == (130, ""), result.stderr

@@ -31,7 +31,7 @@ def test_install_lines_work_from_a_checkout_and_name_our_own_distribution() -> N
     assert hints == [], "an install hint names the other project's distribution"
     assert f"`{name}`" in README
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"logagg": "logagg.cli:main"}
+    assert scripts == {"logagg": "logagg.__main__:main"}
 
 
 def test_make_demo_tells_the_story_in_a_few_lines(tmp_path: Path) -> None:
