@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from logagg.cli.options import (
 )
 from logagg.cli.output import printable
 from logagg.cli.paths import Reads, RejectsFile, check_outputs, open_rejects
+from logagg.cli.signals import stop_on_signals
 from logagg.errors import (
     EmitClosed,
     InputErrors,
@@ -250,7 +250,7 @@ def ingest(
         printer = RejectPrinter(show=10, quiet=quiet, sink=sink)
         with (
             open_store(db) as store,
-            _stop_on_signals(stop) as caught,
+            stop_on_signals(stop) as caught,
             file_progress(show_progress) as progress,
         ):
             store.on_notice = _warn
@@ -332,31 +332,6 @@ def _notice(message: str, problem: bool) -> None:
     """A followed file that cannot be read (or can be again), as it happens."""
     sys.stderr.write(f"logagg: {'error: ' if problem else ''}{printable(message)}\n")
     sys.stderr.flush()
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[list[int]]:
-    """While active, SIGINT and SIGTERM set `stop` (once; a second one acts as usual).
-
-    Yields a list that receives the signal numbers caught. Main thread only.
-    """
-    caught: list[int] = []
-    watched = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in watched}
-
-    def handler(signum: int, _frame: object) -> None:
-        caught.append(signum)
-        stop.set()
-        for sig in watched:
-            signal.signal(sig, previous[sig])
-
-    for sig in watched:
-        signal.signal(sig, handler)
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _mapping(

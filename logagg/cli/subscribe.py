@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import select
-import signal
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from logagg.cli import signals
 from logagg.cli.options import DEFAULT_DB, Db, Format, FormatOpt, JsonOpt
 from logagg.cli.paths import Reads, check_outputs
 from logagg.errors import Interrupted, LogaggError, OutputClosed, UsageError
@@ -221,22 +221,9 @@ class _Stop:
 def stop_on_signals() -> Iterator[_Stop]:
     """SIGINT and SIGTERM end the reading after the page being written (main thread)."""
     stop = _Stop()
-    watched = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in watched}
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.caught.append(signum)
-        stop.event.set()
-        for sig in watched:
-            signal.signal(sig, previous[sig])
-
-    for sig in watched:
-        signal.signal(sig, handler)
-    try:
+    with signals.stop_on_signals(stop.event) as caught:
+        stop.caught = caught
         yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def cursors(
