@@ -297,3 +297,23 @@ def test_a_listing_stopped_inside_the_store_leaves_nothing_open(tmp_path: Path) 
     finally:
         sys.unraisablehook = previous
     assert unraisable == []
+
+
+def test_the_count_of_a_wide_filter_stops_at_ten_thousand(tmp_path: Path) -> None:
+    """Counting every match of a filter the topic counts cannot answer would read the
+    whole of a big store after the listing: it stops past 10 000."""
+    db = tmp_path / "big.db"
+    events = run_logagg("gen", "10050", "--dup-rate", "0", "--seed", "3").stdout
+    assert run_logagg("ingest", "--db", db, "-", input=events).returncode == 0
+    run = on_terminal("events", "--db", db, "--no-pager", "--since", "2000-01-01")
+    assert run.code == 0
+    assert run.stderr == "showing 100 of more than 10,000; --all for every one\n"
+    run = on_terminal("events", "--db", db, "--no-pager", "--until", "2025-01-01T00:00:00.5Z")
+    assert run.code == 0
+    matches = int(
+        run_logagg("events", "--db", db, "--all", "--until", "2025-01-01T00:00:00.5Z").stdout.count(
+            b"\n"
+        )
+    )
+    assert 100 < matches <= 10_000
+    assert run.stderr == f"showing 100 of {matches:,}; --all for every one\n"

@@ -13,6 +13,7 @@ from logagg.cli.subscribe import AfterOpt, CursorOpt, FollowOpt, SeqOpt
 from logagg.errors import Unhealthy, UsageError
 
 DEFAULT_LIMIT = 100  # events listed when neither --limit nor --all is given
+COUNT_AT_MOST = 10_000  # rows counted for "showing 100 of N" (beyond: "more than")
 
 
 def events(
@@ -114,8 +115,12 @@ def events(
             if close is not None:
                 close()
         if terminal and limit is None and not all_ and count == shown:
-            total = store.count(query)
-            if total > count:
+            total = store.count(query, at_most=COUNT_AT_MOST + 1)
+            if total > COUNT_AT_MOST:
+                sys.stderr.write(
+                    f"showing {count:,} of more than {COUNT_AT_MOST:,}; --all for every one\n"
+                )
+            elif total > count:
                 sys.stderr.write(f"showing {count:,} of {total:,}; --all for every one\n")
 
 
