@@ -126,3 +126,27 @@ def test_stats_reads_no_events(store: SQLiteStore) -> None:
         store._conn.set_trace_callback(None)
     assert any("counters" in s for s in statements)
     assert not [s for s in statements if re.search(r"\b(from|join)\s+events\b", s, re.IGNORECASE)]
+
+
+# --- the key deduplication runs on ---------------------------------------------------------
+
+
+def test_check_finds_keys_that_are_not_the_hash_of_their_event(db: Path) -> None:
+    """A row whose key something else changed would let its duplicates in: check says so."""
+    with SQLiteStore.open(str(db)) as store:
+        store.write_batch([row(n) for n in range(5)])
+        assert store.check().ok
+    sql(db, "UPDATE events SET key = key + 1 WHERE event_id = 'e3'")
+    with SQLiteStore.open(str(db)) as store:
+        result = store.check()
+        assert not result.ok
+        assert any("1 events have a key that is not the hash" in p for p in result.problems)
+        store.write_batch([row(3)])  # what such a row costs: its duplicate goes in
+    assert sql(db, "SELECT count(*) FROM events WHERE event_id = 'e3'") == [(2,)]
+    sql(db, "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events)")
+    sql(db, "UPDATE events SET key = NULL WHERE event_id = 'e3'")
+    with SQLiteStore.open(str(db)) as store:
+        result = store.check()
+        assert any(
+            "1 events without a key have a hash that no event holds" in p for p in result.problems
+        )

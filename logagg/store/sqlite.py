@@ -247,6 +247,13 @@ _INSERT = (
     + " OR events.topic <> excluded.topic OR events.event_id <> excluded.event_id"
 )
 _APPLIED = "SELECT count(*) FROM logagg_clash WHERE applied"
+_WRONG_KEYS = (
+    "SELECT count(*) FROM events WHERE key IS NOT NULL AND key <> logagg_key(topic, event_id)"
+)
+_LOOSE_KEYLESS = (
+    "SELECT count(*) FROM events AS a WHERE a.key IS NULL AND NOT EXISTS"
+    " (SELECT 1 FROM events AS b WHERE b.key = logagg_key(a.topic, a.event_id))"
+)
 _COUNT_AFTER = "SELECT count(*) FROM events NOT INDEXED WHERE rowid > ?"
 # NOT INDEXED: read only the rows of this batch by rowid, never the topic index.
 _NEW_PER_TOPIC = (
@@ -514,10 +521,25 @@ class SQLiteStore(Store):
     def _integrity(self, problems: list[str]) -> str:
         integrity = [row[0] for row in self._conn.execute("PRAGMA integrity_check")]
         if integrity == ["ok"]:
+            self._check_keys(problems)
             return "ok"
         found = "; ".join(integrity[:5])
         problems.append(f"integrity check failed: {found}")
         return found
+
+    def _check_keys(self, problems: list[str]) -> None:
+        """Deduplication holds only while every row's `key` is the hash of its topic and
+        event_id, and the hash of every keyless row is held by another row."""
+        wrong = self._conn.execute(_WRONG_KEYS).fetchone()[0]
+        if wrong:
+            problems.append(
+                f"{wrong:,} events have a key that is not the hash of their topic and event_id"
+                " (written to by something else than logagg): duplicates of them would be"
+                " stored again"
+            )
+        loose = self._conn.execute(_LOOSE_KEYLESS).fetchone()[0]
+        if loose:
+            problems.append(f"{loose:,} events without a key have a hash that no event holds")
 
     def _stored_version(self) -> int | None:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
