@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
 	@echo "samples/: $$(grep -c . samples/events.jsonl) events, $$(grep -c . samples/resend.jsonl) lines re-sending some of them (as a retry does), and $$(grep -c . samples/bad.jsonl) lines, some broken."
-	@echo "1. Ingest the events and the re-sends: every re-sent copy is dropped as a duplicate."
+	@echo "1. Ingest the events and the re-sends: every re-sent copy is dropped as a duplicate; one that came back changed is also counted as a conflict (the stored copy stays)."
 	@$(BIN)/logagg ingest --db $(DEMO_DB) samples/events.jsonl samples/resend.jsonl
 	@echo "2. Ingest the broken file: each bad line is rejected with its reason (all kept in $(DEMO_REJECTS)); the good ones are stored."
 	@$(BIN)/logagg ingest --db $(DEMO_DB) --rejects $(DEMO_REJECTS) samples/bad.jsonl
