@@ -101,7 +101,7 @@ def normalize_timestamp(value: str) -> str:
     in the zone of `reading_times` (UTC by default). More than six fractional digits are
     truncated to microseconds. Raises ValueError naming why anything else is not a time.
     """
-    if _is_stored_form(value):
+    if is_stored_form(value):
         return value
     if "\x00" in value:
         raise ValueError("contains U+0000 (a NUL character), which is not allowed")
@@ -197,7 +197,7 @@ def _assume_zone(moment: datetime, value: str) -> datetime:
     return first
 
 
-def _is_stored_form(value: str) -> bool:
+def is_stored_form(value: str) -> bool:
     """True for `YYYY-MM-DDTHH:MM:SS.ffffffZ` with valid fields."""
     if not (
         len(value) == 27

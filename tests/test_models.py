@@ -7,13 +7,18 @@ from typing import Any
 
 import pytest
 from conftest import RowView
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from logagg.models import (
+    EVENT,
     MAX_NAME,
     NOT_FINITE,
     Event,
     Reject,
+    _plain_row,
+    _row,
     decode_lines,
     describe,
     event_from_fields,
@@ -381,3 +386,63 @@ def test_describe_counts_problems_beyond_three() -> None:
     text = describe(info.value)
     assert text.count("; ") == 3
     assert text.endswith("; and 2 more")
+
+
+# --- the plain-event shortcut ---------------------------------------------------------------
+
+_MISSING = object()
+_VALID_NAMES = ["a", "é", "x" * MAX_NAME, " ", "\x1f"]
+_NAMES = st.sampled_from(
+    _VALID_NAMES + ["", "x" * (MAX_NAME + 1), 5, None, ["a"], True, _MISSING]
+).flatmap(lambda odd: st.sampled_from([odd, *_VALID_NAMES]))
+_STORED_TIMES = ["2025-01-01T00:00:00.000281Z", "2024-02-29T23:59:59.999999Z"]
+_TIMES = st.sampled_from(
+    _STORED_TIMES * 6
+    + [
+        "2025-01-01T00:00:00Z",
+        "2025-01-01t00:00:00.000000z",
+        "2025-01-01 00:00:00.000000Z",
+        "2025-01-01T00:00:00.000000+00:00",
+        "2016-12-31T23:59:60.000000Z",  # a leap second
+        "2025-02-29T00:00:00.000000Z",  # no such day
+        "2025-13-01T00:00:00.000000Z",
+        "\uff12025-01-01T00:00:00.000000Z",
+        "2025-01-01T00:00:00.0000001Z",
+        5,
+        None,
+        _MISSING,
+    ]
+)
+_PAYLOADS = st.sampled_from(
+    [{}, {"a": 1}, {"n": [1, {"b": None}]}] * 3 + [[], "x", 5, None, True, _MISSING, _MISSING]
+)
+_EXTRA = st.sampled_from([{}] * 6 + [{"x": 1}, {"specversion": "1.0"}, {"Topic": "a"}])
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(
+    topic=_NAMES, event_id=_NAMES, timestamp=_TIMES, source=_NAMES, payload=_PAYLOADS, extra=_EXTRA
+)
+def test_the_plain_event_shortcut_agrees_with_the_validator(
+    topic: Any, event_id: Any, timestamp: Any, source: Any, payload: Any, extra: dict[str, Any]
+) -> None:
+    """What the shortcut accepts, the validator accepts with the same row; a plain valid
+    event with its time in the stored form takes the shortcut (it may leave the rarer
+    valid events, a leap second, to the validator)."""
+    fields = {"topic": topic, "event_id": event_id, "timestamp": timestamp, "source": source}
+    doc = {k: v for k, v in {**fields, "payload": payload}.items() if v is not _MISSING}
+    doc = {**extra, **doc}
+    shortcut = _plain_row(doc)
+    try:
+        validated: Any = _row(EVENT.validate_python(doc))
+    except (ValidationError, ValueError):
+        validated = None
+    if shortcut is not None:
+        assert shortcut == validated
+    plain = (
+        set(doc) <= {"topic", "event_id", "timestamp", "source", "payload"}
+        and all(type(doc.get(k)) is str and 0 < len(doc[k]) <= MAX_NAME for k in fields)
+        and type(doc.get("payload", {})) is dict
+        and timestamp in _STORED_TIMES
+    )
+    assert (shortcut is not None) == plain
