@@ -139,12 +139,11 @@ def parse_json(data: bytes | str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class RowBatch:
-    """Rows as one JSON array of `[topic, event_id, timestamp, source, payload, extra]`.
+    """Rows in a store's form, compact to queue, written by a store in one statement:
+    `data` is one JSON array of `[topic, event_id, timestamp, source, payload, extra]`, or
+    the form a store's own `encode_rows` made (SQLite: a database image)."""
 
-    Compact to queue, and a store writes a whole batch in one statement.
-    """
-
-    json: str
+    data: str | bytes
     count: int
 
 

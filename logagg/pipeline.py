@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,9 @@ from logagg.store import BatchResult, Store
 from logagg.timestamps import NaiveTimes, reading_times, zone_named
 
 PUT_POLL_SECONDS = 0.1
+# The writer takes the GIL back after each statement it runs; behind a reader busy in
+# Python it would wait the interpreter's switch interval (5 ms by default) every time.
+SWITCH_SECONDS = 0.0002
 RETRY_FIRST_SECONDS = 0.1  # a writer that heals waits this long before its first retry,
 RETRY_MAX_SECONDS = 5.0  # doubling up to this
 OnCommit = Callable[[BatchResult], None]  # runs in the writer after each commit
@@ -361,6 +365,10 @@ class Writer:
         )
 
     def start(self) -> Writer:
+        """Start the writer thread (and shorten the process's GIL switch interval to
+        SWITCH_SECONDS if it is longer)."""
+        if sys.getswitchinterval() > SWITCH_SECONDS:
+            sys.setswitchinterval(SWITCH_SECONDS)
         self._consumer.start()
         return self
 
@@ -510,7 +518,13 @@ def ingest(
         return options.mapping.with_default_source(source.label).for_input()
 
     report.times = zone_named(options.assume_tz)
-    encode = writer.store.encode_rows  # the store's form of a batch, made in this thread
+    store_encode, behind = writer.store.encode_rows, max(1, options.queue_size // 2)
+
+    def encode(rows: Sequence[Row]) -> RowBatch:
+        """The store's form of a batch, made in this thread; with more work here while the
+        writer is behind (half its queue waiting), so that both threads keep busy."""
+        return store_encode(rows, writer_behind=writer.queue_size >= behind)
+
     try:
         with reading_times(report.times):
             if options.follow:

@@ -105,6 +105,20 @@ def row(n: int, topic: str = "t", **fields: Any) -> Row:
     return event_from_fields(**event(n, topic, **fields))
 
 
+def stage_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make SQLite stores encode every batch as a database image, the form the reader
+    chooses while the writer is behind (small batches included)."""
+    from logagg.store import sqlite
+
+    encode = sqlite.SQLiteStore.encode_rows
+
+    def staged(self: sqlite.SQLiteStore, rows: Any, *, writer_behind: bool = False) -> Any:
+        return encode(self, rows, writer_behind=True)
+
+    monkeypatch.setattr(sqlite, "STAGE_AT_LEAST", 1)
+    monkeypatch.setattr(sqlite.SQLiteStore, "encode_rows", staged)
+
+
 def generated(path: Path, count: int, seed: int, **options: Any) -> set[tuple[str, str]]:
     """Write `count` lines of `logagg gen` (with re-sends) to `path`; return their keys."""
     stats = GenStats()

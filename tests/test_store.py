@@ -150,3 +150,21 @@ def test_check_finds_keys_that_are_not_the_hash_of_their_event(db: Path) -> None
         assert any(
             "1 events without a key have a hash that no event holds" in p for p in result.problems
         )
+
+
+def test_a_batch_is_a_database_image_while_the_writer_is_behind(db: Path) -> None:
+    """The reader's two forms of a batch hold the same rows, keys included, and store the
+    same: JSON text by default, a database image when the writer is behind."""
+    rows = [row(i, topic=f"t{i % 3}", payload={"n": i, "x": 1.50}) for i in range(300)]
+    with SQLiteStore.open(str(db)) as store:
+        text, image = store.encode_rows(rows), store.encode_rows(rows, writer_behind=True)
+        assert isinstance(text.data, str) and isinstance(image.data, bytes)
+        assert [tuple(r) for r in store.decode_rows(image)] == [
+            tuple(r) for r in store.decode_rows(text)
+        ]
+        assert store.decode_rows(image)[7][:6] == rows[7]
+        first = store.write_rows([image], new_events=True)
+        again = store.write_rows([text])
+        assert (first.accepted, again.duplicates, again.conflicts) == (300, 300, 0)
+        assert [e.payload_json for e in first.new] == [r[4] for r in rows]
+        assert store.check().ok

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import SEED, Backend, counters, row
+from helpers import SEED, Backend, counters, row, stage_every_batch
 from pg import PASSWORD
 
 from logagg.errors import SchemaVersionError
@@ -28,11 +28,14 @@ from logagg.store.postgres import PostgresStore, redact
 from logagg.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, db: Path) -> Backend:
-    """Each contract test runs on a new SQLite file and on a new PostgreSQL schema."""
+@pytest.fixture(params=["sqlite", "sqlite-staged", "postgres"])
+def backend(request: pytest.FixtureRequest, db: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """Each contract test runs on a new SQLite file (its batches as JSON text, and again as
+    database images) and on a new PostgreSQL schema."""
     if request.param == "postgres":
         return Backend("postgres", request.getfixturevalue("pg_url"))
+    if request.param == "sqlite-staged":
+        stage_every_batch(monkeypatch)
     return Backend("sqlite", str(db))
 
 

@@ -9,12 +9,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import counters, row
+from helpers import counters, row, stage_every_batch
 
 from logagg.models import encode_rows
 from logagg.store import EventQuery
 from logagg.store import sqlite as sqlitestore
 from logagg.store.sqlite import SQLiteStore
+
+
+@pytest.fixture(autouse=True, params=["json", "staged"])
+def batch_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test once with batches as JSON text and once as database images."""
+    if request.param == "staged":
+        stage_every_batch(monkeypatch)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import heapq
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -301,13 +301,15 @@ def _close(rows: Iterator[Any]) -> None:
         close()
 
 
-def _dropped(batches: Sequence[RowBatch], new: Sequence[StoredEvent]) -> tuple[StoredEvent, ...]:
+def _dropped(
+    batches: Iterable[Sequence[Sequence[Any]]], new: Sequence[StoredEvent]
+) -> tuple[StoredEvent, ...]:
     """The rows of `batches` that a transaction which stored `new` dropped as duplicates,
     in input order (the first copy of a stored key is the stored one)."""
     stored = {(e.topic, e.event_id) for e in new}
     dropped = []
     for batch in batches:
-        for row in orjson.loads(batch.json):
+        for row in batch:
             key = (row[0], row[1])
             if key in stored:
                 stored.discard(key)
@@ -473,16 +475,25 @@ class Store(ABC):
         """
         result = self._insert(batches, invalid, new_events, checkpoints)
         if new_events:
-            result = replace(result, dropped=_dropped(batches, result.new))
+            rows = (self.decode_rows(batch) for batch in batches)
+            result = replace(result, dropped=_dropped(rows, result.new))
         return result
 
     def write_batch(self, rows: Sequence[Row], invalid: int = 0) -> BatchResult:
         """Insert `rows` and count `invalid` rejected lines, all in one transaction."""
         return self.write_rows([self.encode_rows(rows)] if rows else [], invalid)
 
-    def encode_rows(self, rows: Sequence[Row]) -> RowBatch:
-        """`rows` as `write_rows` takes them. It uses no connection: any thread may call it."""
+    def encode_rows(self, rows: Sequence[Row], *, writer_behind: bool = False) -> RowBatch:
+        """`rows` as `write_rows` takes them. It uses no connection: any thread may call it.
+        `writer_behind`: the writer has more queued than it keeps up with, so a store may
+        choose a form that costs the caller more and the writer less."""
         return encode_rows(rows)
+
+    def decode_rows(self, batch: RowBatch) -> Sequence[Sequence[Any]]:
+        """The rows of a batch that `encode_rows` made, in order (topic, event_id, timestamp,
+        source, payload, extra, then whatever the store added)."""
+        rows: list[list[Any]] = orjson.loads(batch.data)
+        return rows
 
     def maintain(self) -> int:
         """Housekeeping for a writer to run after its commits, each step short: the

@@ -608,7 +608,7 @@ class PostgresStore(Store):
     ) -> BatchResult:
         now = utc_now()
         received = sum(batch.count for batch in batches)
-        docs = [batch.json for batch in batches]
+        docs = [batch.data for batch in batches]
         rows = received
         params = {
             "docs": docs,
@@ -664,7 +664,7 @@ class PostgresStore(Store):
         ours = {(t, e): mine for t, e, mine in suspects}
         copies: dict[tuple[str, str], list[list[Any]]] = {key: [] for key in ours}
         for batch in batches:
-            for item in orjson.loads(batch.json):
+            for item in orjson.loads(batch.data):
                 listed = copies.get((item[0], item[1]))
                 if listed is not None:
                     listed.append(item)

@@ -55,6 +55,7 @@ PAGE_SIZE = 16384  # of a new store
 # WAL_CHECK_BYTES logagg checkpoints it itself every WAL_CHECK_SECONDS (TRUNCATE, waiting
 # at most CHECKPOINT_WAIT_MS for others), and says once when a reader keeps it growing.
 JOURNAL_SIZE_LIMIT = 64 << 20
+STAGE_AT_LEAST = 256  # rows of a batch worth a database image (see `encode_rows`)
 WAL_CHECK_BYTES = 128 << 20
 WAL_CHECK_SECONDS = 2.0
 CHECKPOINT_WAIT_MS = 100
@@ -231,21 +232,35 @@ _CONFLICT_SETUP = (
     END""",
 )
 
-# One statement a RowBatch: SQLite unpacks the JSON array itself, so the whole batch goes
-# in without a round trip to Python (and without holding the GIL) per row. A row's key
-# comes with it; one encoded without (by `models.encode_rows`) gets it here. Setting topic
-# and event_id shows the triggers which event came (they never change a stored row's).
-_INSERT = (
-    "INSERT INTO events (topic, event_id, timestamp, source, payload, extra, ingested_at, key)"
-    " SELECT t, e, json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-    " json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2,"
-    " coalesce(json_extract(value, '$[6]'), logagg_key(t, e))"
-    " FROM (SELECT value, json_extract(value, '$[0]') AS t, json_extract(value, '$[1]') AS e"
-    " FROM json_each(?1)) WHERE true"  # WHERE: lets the parser tell ON CONFLICT from a join
+# One statement a RowBatch. The reader encodes a batch as the image of a small in-memory
+# database (`encode_rows`: rows bound in its thread, with their keys); the writer attaches
+# it as `logagg_stage` and copies its table, so the writer runs no Python and parses
+# nothing per row. A batch of JSON text (`models.encode_rows`) is unpacked by SQLite
+# itself, and a row without a key gets it here. Setting topic and event_id shows the
+# triggers which event came (they never change a stored row's).
+_ON_KEY = (
     " ON CONFLICT (key)"
     + _ON_STORED.replace("SET", "SET topic = excluded.topic, event_id = excluded.event_id,", 1)
     + " OR events.topic <> excluded.topic OR events.event_id <> excluded.event_id"
 )
+_COLUMNS = "(topic, event_id, timestamp, source, payload, extra, ingested_at, key)"
+_INSERT_STAGED = (
+    f"INSERT INTO main.events {_COLUMNS} SELECT topic, event_id, timestamp, source, payload,"
+    " extra, ?1, key FROM logagg_stage.batch WHERE true ORDER BY rowid" + _ON_KEY
+)
+_INSERT = (
+    f"INSERT INTO events {_COLUMNS}"
+    " SELECT t, e, json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+    " json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2,"
+    " coalesce(json_extract(value, '$[6]'), logagg_key(t, e))"
+    " FROM (SELECT value, json_extract(value, '$[0]') AS t, json_extract(value, '$[1]') AS e"
+    " FROM json_each(?1)) WHERE true" + _ON_KEY  # WHERE: tells ON CONFLICT from a join
+)
+_STAGE = (
+    "CREATE TABLE batch (topic TEXT, event_id TEXT, timestamp TEXT, source TEXT,"
+    " payload TEXT, extra TEXT, key INTEGER)"
+)
+_STAGE_ROW = "INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)"
 _APPLIED = "SELECT count(*) FROM logagg_clash WHERE applied"
 _WRONG_KEYS = (
     "SELECT count(*) FROM events WHERE key IS NOT NULL AND key <> logagg_key(topic, event_id)"
@@ -394,6 +409,7 @@ class SQLiteStore(Store):
             self._migrate()
         for statement in _CONFLICT_SETUP:
             conn.execute(statement)
+        conn.execute("ATTACH ':memory:' AS logagg_stage")
 
     def _enable_wal(self) -> None:
         """Switch a new file to WAL. Two processes creating one store may race here, and
@@ -551,11 +567,34 @@ class SQLiteStore(Store):
 
     # --- writing -------------------------------------------------------------------------
 
-    def encode_rows(self, rows: Sequence[Row]) -> RowBatch:
-        """Rows with each one's key (`event_key`) as a seventh field: computed in the
-        caller's thread (the reader's), so that the writer runs no Python per row."""
+    def encode_rows(self, rows: Sequence[Row], *, writer_behind: bool = False) -> RowBatch:
+        """Rows with each one's key (`event_key`), computed in the caller's thread (the
+        reader's) so that the writer runs no Python per row: as JSON text, which the
+        writer's SQLite unpacks; or, `writer_behind`, as the image of an in-memory database
+        holding them in one table, which costs this thread more and the writer less."""
         keyed = [(*r, event_key(r[0], r[1])) for r in rows]
-        return RowBatch(orjson.dumps(keyed).decode(), len(rows))
+        if not writer_behind or len(keyed) < STAGE_AT_LEAST:
+            return RowBatch(orjson.dumps(keyed).decode(), len(rows))
+        stage = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            stage.execute("PRAGMA journal_mode = OFF")
+            stage.execute(_STAGE)
+            stage.execute("BEGIN")
+            stage.executemany(_STAGE_ROW, keyed)
+            stage.execute("COMMIT")
+            return RowBatch(stage.serialize(), len(rows))
+        finally:
+            stage.close()
+
+    def decode_rows(self, batch: RowBatch) -> Sequence[Sequence[Any]]:
+        if isinstance(batch.data, str):
+            return super().decode_rows(batch)
+        stage = sqlite3.connect(":memory:")
+        try:
+            stage.deserialize(batch.data)
+            return stage.execute("SELECT * FROM batch ORDER BY rowid").fetchall()
+        finally:
+            stage.close()
 
     def configure(self, *, keep_last: bool = False, retain: float | None = None) -> None:
         super().configure(keep_last=keep_last, retain=retain)
@@ -578,7 +617,11 @@ class SQLiteStore(Store):
             replaced = 0
             top = before
             for b in batches:
-                changed = conn.execute(_INSERT, (b.json, now)).rowcount
+                if isinstance(b.data, bytes):
+                    conn.deserialize(b.data, name="logagg_stage")
+                    changed = conn.execute(_INSERT_STAGED, (now,)).rowcount
+                else:
+                    changed = conn.execute(_INSERT, (b.data, now)).rowcount
                 if conn.execute("SELECT EXISTS (SELECT 1 FROM logagg_aside)").fetchone()[0]:
                     # a collision stored an event from a trigger, which rowcount leaves out
                     conn.execute("DELETE FROM logagg_aside")
