@@ -13,7 +13,7 @@ import pytest
 from helpers import counters, row, stored_ids
 
 from logagg.errors import SchemaVersionError, StoreError
-from logagg.store.sqlite import _V1, SCHEMA_VERSION, SQLiteStore
+from logagg.store.sqlite import _V1, PAGE_SIZE, SCHEMA_VERSION, SQLiteStore
 
 
 def sql(db: Path, statement: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -168,3 +168,21 @@ def test_a_batch_is_a_database_image_while_the_writer_is_behind(db: Path) -> Non
         assert (first.accepted, again.duplicates, again.conflicts) == (300, 300, 0)
         assert [e.payload_json for e in first.new] == [r[4] for r in rows]
         assert store.check().ok
+
+
+def test_a_new_store_takes_the_page_size_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    def page_size(path: Path) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            conn.close()
+
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    SQLiteStore.open(str(new)).close()
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size = 8192")
+    conn.executescript(_V1 + "PRAGMA user_version = 1;")
+    conn.close()
+    SQLiteStore.open(str(old)).close()
+    assert (page_size(new), page_size(old)) == (PAGE_SIZE, 8192)
