@@ -26,12 +26,14 @@ they agree with them even after `kill -9`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
+import struct
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -816,11 +818,16 @@ def event_key(topic: str, event_id: str) -> int:
     """The 64-bit key of `(topic, event_id)`: the first 8 bytes of the MD5 of both joined
     by U+001F, signed. Equal events have equal keys; different ones almost always differ,
     and when they do not, the store tells them apart by their texts."""
-    text = f"{topic}\x1f{event_id}".encode("utf-8", "surrogatepass")
-    return int.from_bytes(_md5(text, usedforsecurity=False).digest()[:8], "big", signed=True)
+    key: int = _first_8(_md5(f"{topic}\x1f{event_id}".encode("utf-8", "surrogatepass")).digest())[0]
+    return key
 
 
-_md5 = hashlib.md5
+_first_8 = struct.Struct(">q").unpack_from
+_md5: Callable[[bytes], Any]
+try:  # CPython's own MD5: for texts this short, about twice as quick as OpenSSL's
+    from _md5 import md5 as _md5  # type: ignore[import-not-found,no-redef]
+except ImportError:  # a build without it
+    _md5 = functools.partial(hashlib.md5, usedforsecurity=False)
 
 
 def _hash(timestamp: str, source: str, payload: str, extra: str | None) -> int:
