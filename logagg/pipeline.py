@@ -37,8 +37,9 @@ from logagg.store import BatchResult, Store
 from logagg.timestamps import NaiveTimes, reading_times, zone_named
 
 PUT_POLL_SECONDS = 0.1
-# The writer takes the GIL back after each statement it runs; behind a reader busy in
-# Python it would wait the interpreter's switch interval (5 ms by default) every time.
+# During `ingest`: the writer takes the GIL back after each statement it runs; behind a
+# reader busy in Python it would wait the interpreter's switch interval (5 ms by default)
+# every time. (A server keeps the default: its threads are not one busy reader.)
 SWITCH_SECONDS = 0.0002
 RETRY_FIRST_SECONDS = 0.1  # a writer that heals waits this long before its first retry,
 RETRY_MAX_SECONDS = 5.0  # doubling up to this
@@ -365,10 +366,6 @@ class Writer:
         )
 
     def start(self) -> Writer:
-        """Start the writer thread (and shorten the process's GIL switch interval to
-        SWITCH_SECONDS if it is longer)."""
-        if sys.getswitchinterval() > SWITCH_SECONDS:
-            sys.setswitchinterval(SWITCH_SECONDS)
         self._consumer.start()
         return self
 
@@ -525,6 +522,8 @@ def ingest(
         writer is behind (half its queue waiting), so that both threads keep busy."""
         return store_encode(rows, writer_behind=writer.queue_size >= behind)
 
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, SWITCH_SECONDS))
     try:
         with reading_times(report.times):
             if options.follow:
@@ -569,6 +568,7 @@ def ingest(
                     report.source_errors.append(str(exc))
     finally:
         writer.finish()
+        sys.setswitchinterval(switch)
         report.elapsed_seconds = time.monotonic() - started
     writer.raise_error()
     return report

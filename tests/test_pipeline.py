@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -111,6 +112,27 @@ def test_files_are_read_in_order_and_the_first_copy_wins(
     assert counts(report) == (3, 2, 1, 0)
     stored = {r[1]: json.loads(r[4]) for r in contents(db)}
     assert stored["e1"] == {"from": "a"}
+
+
+def test_ingest_gives_back_the_interpreter_switch_interval(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """Ingest shortens the GIL switch interval while it runs (for its writer), and only
+    then: the process (a server, a library's caller) gets its own back, also on failure."""
+    a = write_jsonl(tmp_path / "a.jsonl", [event(1), event(2)])
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.004)
+        seen: list[float] = []
+        report = ingest(store, sources(a), on_commit=lambda _: seen.append(sys.getswitchinterval()))
+        assert (report.accepted, sys.getswitchinterval()) == (2, 0.004)
+        assert seen and max(seen) < 0.004
+        store.close()
+        with pytest.raises(StoreError):
+            ingest(store, sources(a))
+        assert sys.getswitchinterval() == 0.004
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_ingesting_the_same_input_again_accepts_nothing(
