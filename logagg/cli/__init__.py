@@ -4,8 +4,6 @@ Each command group lives in its own module; the core is imported inside the comm
 that `logagg --help` starts quickly.
 """
 
-from __future__ import annotations
-
 import contextlib
 import sys
 from collections.abc import Sequence

@@ -1,7 +1,5 @@
 """`logagg gen`: deterministic synthetic events for benchmarks and demos."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

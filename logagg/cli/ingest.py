@@ -1,7 +1,5 @@
 """`logagg ingest`: files and stdin into the store, with the report and exit status."""
 
-from __future__ import annotations
-
 import contextlib
 import sys
 import threading
@@ -343,7 +341,7 @@ def _mapping(
     id_from_content: bool,
     time_unit: str | None,
     key: str | None,
-) -> Mapping | None:
+) -> "Mapping | None":
     """The Mapping the "Your logs" options ask for, or None for logagg's own schema."""
     if not (
         preset or maps or payload_field or topic or source or id_from_content or time_unit or key

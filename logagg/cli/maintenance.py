@@ -1,7 +1,5 @@
 """Keeping a store for years: `logagg prune`, `vacuum`, `backup` and `conflicts`."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated

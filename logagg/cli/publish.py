@@ -1,7 +1,5 @@
 """`logagg publish`: one event given on the command line."""
 
-from __future__ import annotations
-
 import json
 import sys
 import uuid

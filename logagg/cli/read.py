@@ -1,7 +1,5 @@
 """Reading the store: `logagg events`, `stats` and `check`."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`logagg serve`: the HTTP face, started from the command line."""
 
-from __future__ import annotations
-
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated

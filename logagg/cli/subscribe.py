@@ -6,8 +6,6 @@ crash, at most the last page written before the cursor was saved comes again. A 
 whose reader has gone stops the follower without moving the cursor past what was written.
 """
 
-from __future__ import annotations
-
 import contextlib
 import select
 import sys
@@ -74,7 +72,7 @@ SeqOpt = Annotated[
 
 def in_commit_order(
     db: str,
-    query: EventQuery,
+    query: "EventQuery",
     *,
     follow: bool,
     cursor: str | None,
@@ -124,7 +122,7 @@ def in_commit_order(
 
 
 def _start(
-    store: Store, query: EventQuery, cursor: str | None, after: int | None, last: int | None
+    store: "Store", query: "EventQuery", cursor: str | None, after: int | None, last: int | None
 ) -> int:
     """The position reading starts after."""
     if cursor is not None:
@@ -152,7 +150,7 @@ class _Output:
 
             self.table = events_table(terminal=sys.stdout.isatty())
 
-    def write(self, events: tuple[StoredEvent, ...]) -> None:
+    def write(self, events: "tuple[StoredEvent, ...]") -> None:
         if self.table is not None:
             self.count += self.table.write(events)
             return
@@ -180,7 +178,7 @@ class _Output:
                 self.out.flush()
 
 
-def _csv(events: tuple[StoredEvent, ...], header: bool) -> bytes:
+def _csv(events: "tuple[StoredEvent, ...]", header: bool) -> bytes:
     import csv
     import io
 

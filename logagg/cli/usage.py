@@ -5,8 +5,6 @@ Typer carries its own copy of Click (`typer._click`) and its completion machiner
 modules of its own; both are used here, and nowhere else.
 """
 
-from __future__ import annotations
-
 import os
 import re
 import sys
