@@ -84,9 +84,15 @@ def _plain_row(obj: Any) -> Row | None:
     payload or none, and no other field. Anything else is None: the validator decides."""
     if type(obj) is not dict or not 4 <= len(obj) <= 5:
         return None
-    topic, event_id = obj.get("topic"), obj.get("event_id")
-    timestamp, source = obj.get("timestamp"), obj.get("source")
-    if len(obj) == 5 and type(obj.get("payload")) is not dict:
+    get = obj.get
+    topic, event_id, timestamp, source = (
+        get("topic"),
+        get("event_id"),
+        get("timestamp"),
+        get("source"),
+    )
+    payload = get("payload")
+    if len(obj) == 5 and type(payload) is not dict:
         return None
     if not (
         type(topic) is str
@@ -99,7 +105,7 @@ def _plain_row(obj: Any) -> Row | None:
         and is_stored_form(timestamp)
     ):
         return None
-    return _row(obj)
+    return (topic, event_id, timestamp, source, encode_json(payload) if payload else "{}", None)
 
 
 def _check_keys(row: Row) -> Row:
