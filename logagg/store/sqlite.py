@@ -189,15 +189,18 @@ _ON_STORED = (
 # Per connection (TEMP): the conflicts a statement met, and the triggers of the upserts.
 # logagg_conflict runs only on the update path (the one statement that sets the timestamp
 # of an existing row) of the same event, that is for a duplicate whose content differs or
-# whose row is a tombstone; keeping the first copy (or a tombstone) it cancels the update.
+# whose row is a tombstone; it notes both copies (their hashes are computed afterwards in
+# one go: a Python function per row would wait for the GIL each time while the reader
+# runs) and, keeping the first copy (or a tombstone), cancels the update.
 # logagg_collision runs when the key's row is another event: it stores the new one with
 # no key (a duplicate of one stored so goes through the same upsert on the exact key),
 # notes it in logagg_aside and cancels the update. logagg_rekey hands a deleted row's key
 # to the oldest keyless event of the same hash.
 _CONFLICT_SETUP = (
     "CREATE TEMP TABLE IF NOT EXISTS logagg_clash (n INTEGER PRIMARY KEY, seq INTEGER,"
-    " topic TEXT, event_id TEXT, stored_hash INTEGER, new_hash INTEGER, applied INTEGER,"
-    " timestamp TEXT)",
+    " topic TEXT, event_id TEXT, old_hash INTEGER, old_timestamp TEXT, old_source TEXT,"
+    " old_payload TEXT, old_extra TEXT, timestamp TEXT, source TEXT, payload TEXT,"
+    " extra TEXT, applied INTEGER)",
     "CREATE TEMP TABLE IF NOT EXISTS logagg_aside (n INTEGER PRIMARY KEY)",
     "CREATE TEMP TABLE IF NOT EXISTS logagg_mode (keep_last INTEGER NOT NULL)",
     "INSERT INTO logagg_mode SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM logagg_mode)",
@@ -205,14 +208,11 @@ _CONFLICT_SETUP = (
     BEFORE UPDATE OF timestamp ON main.events
     WHEN OLD.topic = NEW.topic AND OLD.event_id = NEW.event_id
     BEGIN
-        INSERT INTO logagg_clash (seq, topic, event_id, stored_hash, new_hash, applied, timestamp)
-        SELECT OLD.seq, OLD.topic, OLD.event_id, h.stored, h.new,
-               OLD.payload IS NOT NULL AND (SELECT keep_last FROM logagg_mode), NEW.timestamp
-        FROM (SELECT CASE WHEN OLD.payload IS NULL THEN OLD.hash
-                     ELSE logagg_hash(OLD.timestamp, OLD.source, OLD.payload, OLD.extra) END
-                     AS stored,
-                     logagg_hash(NEW.timestamp, NEW.source, NEW.payload, NEW.extra) AS new) AS h
-        WHERE h.stored IS NOT h.new;
+        INSERT INTO logagg_clash (seq, topic, event_id, old_hash, old_timestamp, old_source,
+            old_payload, old_extra, timestamp, source, payload, extra, applied)
+        VALUES (OLD.seq, OLD.topic, OLD.event_id, OLD.hash, OLD.timestamp, OLD.source,
+            OLD.payload, OLD.extra, NEW.timestamp, NEW.source, NEW.payload, NEW.extra,
+            OLD.payload IS NOT NULL AND (SELECT keep_last FROM logagg_mode));
         SELECT RAISE(IGNORE) WHERE OLD.payload IS NULL OR NOT (SELECT keep_last FROM logagg_mode);
     END""",
     f"""CREATE TEMP TRIGGER IF NOT EXISTS logagg_collision
@@ -289,9 +289,17 @@ _ADD_COUNTERS = (
     "UPDATE counters SET received = received + ?, accepted = accepted + ?,"
     " duplicates = duplicates + ?, invalid = invalid + ?, conflicts = conflicts + ? WHERE id = 1"
 )
-_RECORD_CONFLICT = (
+# One statement each way, whatever the number of conflicts: fetching or inserting row by
+# row, the writer would wait for the GIL after every row while the reader runs.
+_CLASH = (
+    "SELECT json_group_array(json_array(seq, topic, event_id, old_hash, old_timestamp,"
+    " old_source, old_payload, old_extra, timestamp, source, payload, extra, applied))"
+    " FROM (SELECT * FROM logagg_clash ORDER BY n)"
+)
+_RECORD_CONFLICTS = (
     "INSERT INTO conflicts (topic, event_id, first_hash, last_hash, first_seen, last_seen,"
-    " copies) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, event_id) DO UPDATE SET"
+    " copies) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?2, ?2, value ->> 4"
+    " FROM json_each(?1) WHERE true ON CONFLICT (topic, event_id) DO UPDATE SET"
     " last_hash = excluded.last_hash, last_seen = excluded.last_seen,"
     " copies = copies + excluded.copies"
 )
@@ -635,10 +643,10 @@ class SQLiteStore(Store):
                     replaced = applied
                 top = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
                 per_batch.append(changed)
-            clash = conn.execute(
-                "SELECT seq, topic, event_id, stored_hash, new_hash, applied, timestamp"
-                " FROM logagg_clash ORDER BY n"
-            ).fetchall()
+            noted = conn.execute(_CLASH).fetchone()[0]
+            clash = _conflicts(noted) if noted != "[]" else []
+            if noted != "[]":
+                conn.execute("DELETE FROM logagg_clash")
             new: tuple[StoredEvent, ...] = ()
             if new_events:
                 sql = _SELECT_EVENTS + " WHERE seq > ? ORDER BY seq"
@@ -673,7 +681,6 @@ class SQLiteStore(Store):
     ) -> None:
         """Record the conflicts one transaction met (in input order); move each replaced
         event to a new position, after every one committed before."""
-        conn.execute("DELETE FROM logagg_clash")
         records: dict[tuple[str, str], list[int]] = {}
         moved: dict[int, str] = {}  # seq of a replaced row -> its new time
         for seq, topic, event_id, stored, new, applied, timestamp in clash:
@@ -682,10 +689,8 @@ class SQLiteStore(Store):
             record[2] += 1
             if applied:
                 moved[seq] = timestamp
-        conn.executemany(
-            _RECORD_CONFLICT,
-            [(t, e, first, last, now, now, n) for (t, e), (first, last, n) in records.items()],
-        )
+        rows = [(t, e, first, last, n) for (t, e), (first, last, n) in records.items()]
+        conn.execute(_RECORD_CONFLICTS, (orjson.dumps(rows).decode(), now))
         per_topic = Counter(row[1] for row in clash)
         conn.executemany(_TOPIC_CONFLICTS, [(n, t) for t, n in per_topic.items()])
         if not moved:
@@ -812,6 +817,30 @@ class SQLiteStore(Store):
             for leftover in (partial, partial + "-wal", partial + "-shm", partial + "-journal"):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
+
+
+def _conflicts(noted: str) -> list[tuple[Any, ...]]:
+    """The conflicts among the copies logagg_clash noted (a JSON array of its rows, in
+    order): (seq, topic, event_id, stored hash, new hash, applied, new time) of each copy
+    whose content differs from the stored one (a tombstone's content is its hash)."""
+    found = []
+    for (
+        seq,
+        topic,
+        event_id,
+        old_hash,
+        *old,
+        timestamp,
+        source,
+        payload,
+        extra,
+        applied,
+    ) in orjson.loads(noted):
+        stored = old_hash if old[2] is None else content_hash(*old)
+        new = content_hash(timestamp, source, payload, extra)
+        if stored != new:
+            found.append((seq, topic, event_id, stored, new, applied, timestamp))
+    return found
 
 
 def event_key(topic: str, event_id: str) -> int:
