@@ -289,12 +289,20 @@ _ADD_COUNTERS = (
     "UPDATE counters SET received = received + ?, accepted = accepted + ?,"
     " duplicates = duplicates + ?, invalid = invalid + ?, conflicts = conflicts + ? WHERE id = 1"
 )
-# One statement each way, whatever the number of conflicts: fetching or inserting row by
-# row, the writer would wait for the GIL after every row while the reader runs.
+# One statement each way, whatever the number of rows: fetching or inserting row by row,
+# the writer would wait for the GIL after every row while the reader runs.
 _CLASH = (
     "SELECT json_group_array(json_array(seq, topic, event_id, old_hash, old_timestamp,"
     " old_source, old_payload, old_extra, timestamp, source, payload, extra, applied))"
     " FROM (SELECT * FROM logagg_clash ORDER BY n)"
+)
+_NEW_EVENTS = (  # the events a transaction stored, as one JSON array (like _CLASH)
+    "SELECT json_group_array(json_array(topic, event_id, timestamp, source, payload, extra,"
+    " ingested_at, seq)) FROM (SELECT * FROM events WHERE seq > ? ORDER BY seq)"
+)
+_BATCH_ROWS = (
+    "SELECT json_group_array(json_array(topic, event_id, timestamp, source, payload, extra,"
+    " key)) FROM (SELECT * FROM batch ORDER BY rowid)"
 )
 _RECORD_CONFLICTS = (
     "INSERT INTO conflicts (topic, event_id, first_hash, last_hash, first_seen, last_seen,"
@@ -602,7 +610,8 @@ class SQLiteStore(Store):
         stage = sqlite3.connect(":memory:")
         try:
             stage.deserialize(batch.data)
-            return stage.execute("SELECT * FROM batch ORDER BY rowid").fetchall()
+            rows: list[list[Any]] = orjson.loads(stage.execute(_BATCH_ROWS).fetchone()[0])
+            return rows
         finally:
             stage.close()
 
@@ -649,8 +658,8 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM logagg_clash")
             new: tuple[StoredEvent, ...] = ()
             if new_events:
-                sql = _SELECT_EVENTS + " WHERE seq > ? ORDER BY seq"
-                new = tuple(StoredEvent(*row[:8]) for row in conn.execute(sql, (before,)))
+                stored = conn.execute(_NEW_EVENTS, (before,)).fetchone()[0]
+                new = tuple(StoredEvent(*row) for row in orjson.loads(stored))
             per_topic = conn.execute(_NEW_PER_TOPIC, (before,)).fetchall()
             if per_topic:
                 conn.executemany(_UPSERT_TOPIC, per_topic)
