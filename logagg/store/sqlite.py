@@ -17,9 +17,10 @@ they agree with them even after `kill -9`.
   out a position twice (not even once the newest row is deleted).
 - Conflicts: a duplicate is compared with the stored row it collides with (the upsert
   reads that row anyway), and only when the content differs does the update path run: a
-  TEMP trigger of this connection records the conflict and, keeping the first copy,
-  cancels the update (RAISE(IGNORE)). So identical re-sends cost one row read, and the
-  stored row of a conflict changes only with keep-last.
+  TEMP trigger of this connection notes both copies and, keeping the first copy, cancels
+  the update (RAISE(IGNORE)); the conflicts are recorded from those notes once the rows
+  are in. So identical re-sends cost one row read, and the stored row of a conflict
+  changes only with keep-last.
 - Retention: a pruned event keeps its row as a tombstone (key, time, content hash), so
   its key still makes re-sends duplicates; listings use a partial index of stored rows.
 """
