@@ -147,10 +147,12 @@ def parse_json(data: bytes | str) -> Any:
 class RowBatch:
     """Rows in a store's form, compact to queue, written by a store in one statement:
     `data` is one JSON array of `[topic, event_id, timestamp, source, payload, extra]`, or
-    the form a store's own `encode_rows` made (SQLite: a database image)."""
+    the form a store's own `encode_rows` made (SQLite: a database image). `keys`: how many
+    different keys the rows hold, in a store's own form (None in the plain one)."""
 
     data: str | bytes
     count: int
+    keys: int | None = None
 
 
 def encode_rows(rows: Sequence[Row]) -> RowBatch:

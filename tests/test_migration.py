@@ -66,7 +66,7 @@ def test_an_older_sqlite_store_keeps_every_position(db: Path, version: int) -> N
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlitestore.SCHEMA_VERSION
         names = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema")}
-        assert {"conflicts", "cursors", "events_key", "events_pruned"} <= names
+        assert {"conflicts", "cursors", "event_keys", "recent_keys", "events_pruned"} <= names
     finally:
         conn.close()
 

@@ -132,7 +132,7 @@ def test_stats_reads_no_events(store: SQLiteStore) -> None:
 
 
 def test_check_finds_keys_that_are_not_the_hash_of_their_event(db: Path) -> None:
-    """A row whose key something else changed would let its duplicates in: check says so."""
+    """A row or a key-table entry that something else changed: check says so."""
     with SQLiteStore.open(str(db)) as store:
         store.write_batch([row(n) for n in range(5)])
         assert store.check().ok
@@ -141,15 +141,21 @@ def test_check_finds_keys_that_are_not_the_hash_of_their_event(db: Path) -> None
         result = store.check()
         assert not result.ok
         assert any("1 events have a key that is not the hash" in p for p in result.problems)
-        store.write_batch([row(3)])  # what such a row costs: its duplicate goes in
-    assert sql(db, "SELECT count(*) FROM events WHERE event_id = 'e3'") == [(2,)]
-    sql(db, "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events)")
+        assert any("1 events are missing from the key tables" in p for p in result.problems)
+        store.write_batch([row(3)])  # the key table still leads to e3
+    assert sql(db, "SELECT count(*) FROM events WHERE event_id = 'e3'") == [(1,)]
     sql(db, "UPDATE events SET key = NULL WHERE event_id = 'e3'")
+    sql(db, "DELETE FROM recent_keys WHERE seq = (SELECT seq FROM events WHERE event_id = 'e3')")
     with SQLiteStore.open(str(db)) as store:
         result = store.check()
         assert any(
             "1 events without a key have a hash that no event holds" in p for p in result.problems
         )
+    sql(db, "DELETE FROM recent_keys WHERE seq = (SELECT seq FROM events WHERE event_id = 'e2')")
+    with SQLiteStore.open(str(db)) as store:
+        assert any("missing from the key tables" in p for p in store.check().problems)
+        store.write_batch([row(2)])  # what a lost key costs: its duplicate goes in
+    assert sql(db, "SELECT count(*) FROM events WHERE event_id = 'e2'") == [(2,)]
 
 
 def test_a_batch_is_a_database_image_while_the_writer_is_behind(db: Path) -> None:

@@ -168,8 +168,117 @@ def test_an_older_store_gets_its_keys(db: Path, version: int) -> None:
     ]
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
-        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema WHERE type='index'")}
-        assert {"events_key", "events_aside", "events_topic_time", "events_pruned"} <= indexes
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+        names = {n for (n,) in conn.execute("SELECT name FROM sqlite_schema")}
+        assert {"events_aside", "events_topic_time", "events_pruned"} <= names
+        assert {"event_keys", "recent_keys", "events_key_gone", "events_key_moved"} <= names
+        assert "events_key" not in names
     finally:
         conn.close()
+
+
+def key_tables(db: Path) -> tuple[int, int]:
+    """(keys in recent_keys, keys in event_keys)."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT (SELECT count(*) FROM recent_keys), (SELECT count(*) FROM event_keys)"
+        ).fetchone()
+    finally:
+        conn.close()
+
+
+def test_a_version_5_store_moves_its_keys_to_the_key_table(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.create_function("logagg_key", 2, sqlitestore.event_key)
+    for step in range(5):
+        conn.executescript(sqlitestore.MIGRATIONS[step])
+    conn.executemany(
+        "INSERT INTO events (seq, topic, event_id, timestamp, source, payload, ingested_at, key)"
+        " VALUES (?, 'a', ?, '2025-01-01T00:00:00.000000Z', 'old', '{}', 'x', ?)",
+        [(n, f"e{n}", sqlitestore.event_key("a", f"e{n}")) for n in (4, 1, 9)],
+    )
+    conn.execute(
+        "INSERT INTO topics VALUES ('a', 3, '2025-01-01T00:00:00.000000Z',"
+        " '2025-01-01T00:00:00.000000Z', 0, 0)"
+    )
+    conn.execute("UPDATE counters SET received = 3, accepted = 3")
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+    with SQLiteStore.open(str(db)) as store:
+        assert store.check().ok, store.check().problems
+        assert key_tables(db) == (0, 3)
+        # the stored copies' payloads are {}: both re-sends differ from them
+        result = store.write_batch([row(4, "a"), row(9, "a"), row(2, "a")])
+        assert (result.accepted, result.duplicates, result.conflicts) == (1, 2, 2)
+        assert key_tables(db) == (1, 3)
+        assert store.check().ok, store.check().problems
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_keys_stay_exact_across_merges(
+    db: Path, monkeypatch: pytest.MonkeyPatch, collide: bool
+) -> None:
+    """recent_keys is merged into event_keys every few keys: re-sends of keys on either
+    side, repeats within a batch, conflicts, keep-last moves and forgetting all hold."""
+    monkeypatch.setattr(sqlitestore, "MERGE_AT", 3)
+    if collide:
+        monkeypatch.setattr(sqlitestore, "event_key", lambda topic, event_id: 42)
+    with SQLiteStore.open(str(db)) as store:
+        first = store.write_batch([row(n, "a") for n in (1, 2, 1, 3)])
+        assert (first.accepted, first.duplicates) == (3, 1)
+        assert key_tables(db) == ((0, 3) if not collide else (1, 0))
+        again = store.write_batch([row(n, "a") for n in (4, 1, 4, 5, 2)])
+        assert (again.accepted, again.duplicates) == (2, 3)
+        changed = store.write_batch([row(1, "a", payload={"n": 0}), row(6, "a")])
+        assert (changed.accepted, changed.conflicts) == (1, 1)
+        store.configure(keep_last=True)
+        kept = store.write_batch([row(5, "a", payload={"n": 0}), row(5, "a")])
+        assert (kept.accepted, kept.duplicates, kept.conflicts) == (0, 2, 2)
+        assert store.check().ok, store.check().problems
+        store.prune("2030-01-01T00:00:00Z", forget_keys=True)
+        assert store.check().ok, store.check().problems
+        assert key_tables(db) == (0, 0)
+        back = store.write_batch([row(n, "a") for n in (1, 2, 3, 4, 5, 6, 7)])
+        assert (back.accepted, back.duplicates) == (7, 0)
+        assert store.check().ok, store.check().problems
+        listed = [e.event_id for e in store.read_after(0, EventQuery(), 100).events]
+        assert listed == [f"e{n}" for n in (1, 2, 3, 4, 5, 6, 7)]
+
+
+def test_rows_deleted_without_logagg_leave_the_key_tables(db: Path) -> None:
+    with SQLiteStore.open(str(db)) as store:
+        store.write_batch([row(n, "a") for n in (1, 2, 3)])
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM events WHERE event_id = 'e2'")
+    conn.commit()
+    conn.close()
+    with SQLiteStore.open(str(db)) as store:
+        problems = store.check().problems  # the counters disagree now; the keys do not
+        assert not [p for p in problems if "key" in p], problems
+        result = store.write_batch([row(2, "a"), row(3, "a")])
+        assert (result.accepted, result.duplicates) == (1, 1)
+        listed = [e.event_id for e in store.read_after(0, EventQuery(), 100).events]
+        assert listed == ["e1", "e3", "e2"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DELETE FROM recent_keys WHERE seq = 2",
+        "UPDATE recent_keys SET seq = 99 WHERE seq = 2",
+        "INSERT INTO event_keys SELECT key, seq FROM recent_keys WHERE seq = 2",
+    ],
+)
+def test_check_finds_key_tables_out_of_step(db: Path, damage: str) -> None:
+    with SQLiteStore.open(str(db)) as store:
+        store.write_batch([row(n, "a") for n in (1, 2, 3)])
+    conn = sqlite3.connect(db)
+    conn.execute(damage)
+    conn.commit()
+    conn.close()
+    with SQLiteStore.open(str(db)) as store:
+        report = store.check()
+        assert not report.ok
+        assert any("key tables" in problem for problem in report.problems), report.problems

@@ -1,16 +1,23 @@
 """The SQLite store: one file, WAL, one writer at a time.
 
-Duplicates are dropped by a unique index with one `INSERT ... ON CONFLICT` statement a
-batch; topic counts and counters change in the same IMMEDIATE transaction as the rows, so
-they agree with them even after `kill -9`.
+Duplicates are dropped with one `INSERT ... ON CONFLICT` statement a batch (two when it
+holds a key twice); topic counts and counters change in the same IMMEDIATE transaction as
+the rows, so they agree with them even after `kill -9`.
 
-- The key: the unique index is over `key`, a 64-bit hash of `(topic, event_id)` computed
-  by the reader (`encode_rows`), not over the two texts: a fixed-width integer keeps the
-  index about a third of the size, so that random keys dirty fewer pages. The hash only
-  finds the candidate; the stored topic and event_id are always compared. A different
-  event whose hash is taken (a collision) is stored beside it with `key` NULL, where a
-  partial unique index over `(topic, event_id)` keeps it exact; when the keyed row is
-  deleted, the oldest such event of its hash takes the key over.
+- The key: events are found by `key`, a 64-bit hash of `(topic, event_id)` computed by
+  the reader (`encode_rows`), not by the two texts. The hash only finds the candidate; the
+  stored topic and event_id are always compared. A different event whose hash is taken
+  (a collision) is stored beside it with `key` NULL, where a partial unique index over
+  `(topic, event_id)` keeps it exact; when the keyed row is deleted, the oldest such
+  event of its hash takes the key over.
+- Where a key leads: two tables map each key to its event's `seq`. `recent_keys` takes the
+  keys of new events and stays small enough for the page cache; past MERGE_AT keys it is
+  merged into `event_keys` in key order, so a page of the large table is written once
+  a merge rather than once a commit (random keys touch most of its pages in every
+  commit). An insert looks its key up in both and, found, goes to that row's upsert path
+  (`ON CONFLICT (seq)`); the copies of one key within a chunk after the first go in a
+  second statement, once the first is mapped. Triggers of the schema keep both tables in
+  step when a row is deleted or moves.
 
 - Commit order: `seq INTEGER PRIMARY KEY AUTOINCREMENT`. Writers are serialised by the
   write lock, so positions are handed out in commit order, and AUTOINCREMENT never hands
@@ -46,11 +53,10 @@ from logagg.store.base import BatchResult, Counters, Store, newer_schema
 from logagg.timestamps import utc_now
 from logagg.units import human_bytes
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_SECONDS = 60.0
-# The page cache: the dirty set of a 50 000-event commit fits at 1M events (the key index
-# is small); beyond, a commit touches most of the key index whatever the cache, and more
-# cache only adds memory (peak RSS at 5M: 140 MiB with 32 MiB, 153 with 48, 165 with 64).
+# The page cache: a commit's new rows and recent_keys (at most MERGE_AT keys) fit in it;
+# event_keys is only read between merges, so more cache only adds memory.
 CACHE_KIB = 32 * 1024
 PAGE_SIZE = 4096  # of a new store: 16 KiB pages were no quicker at 5M and took 26 MiB more
 # The WAL: SQLite checkpoints it after commits (every 1000 pages); once it has been copied
@@ -59,6 +65,10 @@ PAGE_SIZE = 4096  # of a new store: 16 KiB pages were no quicker at 5M and took 
 # at most CHECKPOINT_WAIT_MS for others), and says once when a reader keeps it growing.
 JOURNAL_SIZE_LIMIT = 64 << 20
 STAGE_AT_LEAST = 256  # rows of a batch worth a database image (see `encode_rows`)
+# recent_keys is merged into event_keys when it holds this many keys (about 5 MB): small
+# enough to stay in the page cache with a commit's other pages (250 000 / 500 000 /
+# 1 000 000 at 5M events: see bench/RESULTS.md).
+MERGE_AT = 250_000
 WAL_CHECK_BYTES = 128 << 20
 WAL_CHECK_SECONDS = 2.0
 CHECKPOINT_WAIT_MS = 100
@@ -173,12 +183,31 @@ CREATE UNIQUE INDEX events_aside ON events (topic, event_id) WHERE key IS NULL;
 UPDATE OR IGNORE events SET key = logagg_key(topic, event_id);
 """
 
+# Version 6: the unique index over `key` gives way to the two key tables (see the module's
+# docstring); every key starts in event_keys, copied in key order.
+_V6 = """
+CREATE TABLE event_keys (key INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE recent_keys (key INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+INSERT INTO event_keys (key, seq) SELECT key, seq FROM events WHERE key IS NOT NULL ORDER BY key;
+DROP INDEX events_key;
+CREATE TRIGGER events_key_gone AFTER DELETE ON events WHEN OLD.key IS NOT NULL
+BEGIN
+    DELETE FROM recent_keys WHERE key = OLD.key AND seq = OLD.seq;
+    DELETE FROM event_keys WHERE key = OLD.key AND seq = OLD.seq;
+END;
+CREATE TRIGGER events_key_moved AFTER UPDATE OF seq ON events WHEN OLD.key IS NOT NULL
+BEGIN
+    UPDATE recent_keys SET seq = NEW.seq WHERE key = OLD.key AND seq = OLD.seq;
+    UPDATE event_keys SET seq = NEW.seq WHERE key = OLD.key AND seq = OLD.seq;
+END;
+"""
+
 # MIGRATIONS[v] takes a store from version v to v + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 # The update path of an upsert on a stored key: a copy whose content differs, or a row that
-# is a tombstone, or (on `key`) another event whose hash is taken.
+# is a tombstone, or (on the key's `seq`) another event whose hash is taken.
 _ON_STORED = (
     " DO UPDATE SET timestamp = excluded.timestamp, source = excluded.source,"
     " payload = excluded.payload, extra = excluded.extra, ingested_at = excluded.ingested_at"
@@ -196,7 +225,8 @@ _ON_STORED = (
 # logagg_collision runs when the key's row is another event: it stores the new one with
 # no key (a duplicate of one stored so goes through the same upsert on the exact key),
 # notes it in logagg_aside and cancels the update. logagg_rekey hands a deleted row's key
-# to the oldest keyless event of the same hash.
+# to the oldest keyless event of the same hash (the schema's events_key_gone drops the
+# deleted row's mapping, before or after).
 _CONFLICT_SETUP = (
     "CREATE TEMP TABLE IF NOT EXISTS logagg_clash (n INTEGER PRIMARY KEY, seq INTEGER,"
     " topic TEXT, event_id TEXT, old_hash INTEGER, old_timestamp TEXT, old_source TEXT,"
@@ -230,47 +260,87 @@ _CONFLICT_SETUP = (
     """CREATE TEMP TRIGGER IF NOT EXISTS logagg_rekey
     AFTER DELETE ON main.events WHEN OLD.key IS NOT NULL
     BEGIN
-        UPDATE events SET key = OLD.key WHERE seq = (SELECT seq FROM events
-            WHERE key IS NULL AND logagg_key(topic, event_id) = OLD.key ORDER BY seq LIMIT 1);
+        INSERT OR REPLACE INTO recent_keys (key, seq) SELECT OLD.key, seq FROM events
+            WHERE key IS NULL AND logagg_key(topic, event_id) = OLD.key ORDER BY seq LIMIT 1;
+        UPDATE events SET key = OLD.key
+            WHERE seq = (SELECT seq FROM recent_keys WHERE key = OLD.key) AND seq <> OLD.seq;
     END""",
 )
 
-# One statement a RowBatch. The reader encodes a batch as the image of a small in-memory
-# database (`encode_rows`: rows bound in its thread, with their keys); the writer attaches
-# it as `logagg_stage` and copies its table, so the writer runs no Python and parses
-# nothing per row. A batch of JSON text (`models.encode_rows`) is unpacked by SQLite
-# itself, and a row without a key gets it here. Setting topic and event_id shows the
-# triggers which event came (they never change a stored row's).
-_ON_KEY = (
-    " ON CONFLICT (key)"
+# Two statements a RowBatch: the first copy of each key in it, then, if the batch repeats a
+# key, the other copies (once the first ones are mapped). The reader encodes a batch as the
+# image of a small in-memory database (`encode_rows`: rows bound in its thread, with their
+# keys and `first`); the writer attaches it as `logagg_stage` and copies its table, so the
+# writer runs no Python and parses nothing per row; or as JSON text, which SQLite unpacks:
+# the first copies, then (after U+001E, which JSON text never holds) the other copies, each
+# with its place in the batch.
+# A row whose key is mapped carries that row's seq and so takes its upsert path; a new one
+# gets the next position. Setting topic and event_id shows the triggers which event came
+# (they never change a stored row's).
+_ON_SEQ = (
+    " ON CONFLICT (seq)"
     + _ON_STORED.replace("SET", "SET topic = excluded.topic, event_id = excluded.event_id,", 1)
     + " OR events.topic <> excluded.topic OR events.event_id <> excluded.event_id"
 )
-_COLUMNS = "(topic, event_id, timestamp, source, payload, extra, ingested_at, key)"
+_COLUMNS = "(seq, topic, event_id, timestamp, source, payload, extra, ingested_at, key)"
+_MAPPED = (
+    "coalesce((SELECT seq FROM main.recent_keys AS r WHERE r.key = {0}),"
+    " (SELECT seq FROM main.event_keys AS m WHERE m.key = {0}))"
+)
 _INSERT_STAGED = (
-    f"INSERT INTO main.events {_COLUMNS} SELECT topic, event_id, timestamp, source, payload,"
-    " extra, ?1, key FROM logagg_stage.batch WHERE true ORDER BY rowid" + _ON_KEY
+    f"INSERT INTO main.events {_COLUMNS} SELECT {_MAPPED.format('b.key')}, topic, event_id,"
+    " timestamp, source, payload, extra, ?1, key FROM logagg_stage.batch AS b"
+    " WHERE first = ?2 ORDER BY rowid" + _ON_SEQ
 )
 _INSERT = (
     f"INSERT INTO events {_COLUMNS}"
-    " SELECT t, e, json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
-    " json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2,"
-    " coalesce(json_extract(value, '$[6]'), logagg_key(t, e))"
-    " FROM (SELECT value, json_extract(value, '$[0]') AS t, json_extract(value, '$[1]') AS e"
-    " FROM json_each(?1)) WHERE true" + _ON_KEY  # WHERE: tells ON CONFLICT from a join
+    f" SELECT {_MAPPED.format('k')}, t, e, json_extract(value, '$[2]'),"
+    " json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),"
+    " ?2, k FROM (SELECT value, json_extract(value, '$[0]') AS t,"
+    " json_extract(value, '$[1]') AS e, json_extract(value, '$[6]') AS k FROM json_each(?1))"
+    " WHERE true" + _ON_SEQ  # WHERE true: tells ON CONFLICT from a join
 )
+_REPEATS = "\x1e"  # between a JSON batch's first copies and the others
+_MAP_NEW = (  # the keys of the rows a statement stored (a collision's row has none)
+    "INSERT INTO recent_keys (key, seq) SELECT key, seq FROM events NOT INDEXED"
+    " WHERE rowid > ? AND key IS NOT NULL ORDER BY key"
+)
+# A merge in MERGE_PARTS statements by key range: a statement keeps the original of every
+# page it changes in memory (its journal, to undo it alone) until it ends, and a merge
+# changes most of event_keys (in one statement: peak RSS 199 MiB at 5M instead of 116).
+_MERGE = (
+    "INSERT INTO event_keys (key, seq) SELECT key, seq FROM recent_keys"
+    " WHERE key BETWEEN ? AND ? ORDER BY key"
+)
+MERGE_PARTS = 64
+_MERGE_RANGES = [
+    (-(1 << 63) + (i << 58), -(1 << 63) + ((i + 1) << 58) - 1) for i in range(MERGE_PARTS)
+]
 _STAGE = (
     "CREATE TABLE batch (topic TEXT, event_id TEXT, timestamp TEXT, source TEXT,"
-    " payload TEXT, extra TEXT, key INTEGER)"
+    " payload TEXT, extra TEXT, key INTEGER, first INTEGER)"
 )
-_STAGE_ROW = "INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?)"
+_STAGE_ROW = "INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _APPLIED = "SELECT count(*) FROM logagg_clash WHERE applied"
 _WRONG_KEYS = (
     "SELECT count(*) FROM events WHERE key IS NOT NULL AND key <> logagg_key(topic, event_id)"
 )
 _LOOSE_KEYLESS = (
-    "SELECT count(*) FROM events AS a WHERE a.key IS NULL AND NOT EXISTS"
-    " (SELECT 1 FROM events AS b WHERE b.key = logagg_key(a.topic, a.event_id))"
+    "SELECT count(*) FROM (SELECT logagg_key(topic, event_id) AS k FROM events"
+    " WHERE key IS NULL) WHERE NOT EXISTS (SELECT 1 FROM recent_keys WHERE key = k)"
+    " AND NOT EXISTS (SELECT 1 FROM event_keys WHERE key = k)"
+)
+_UNMAPPED = (  # keyed rows that neither key table leads to
+    "SELECT count(*) FROM events AS e WHERE key IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM recent_keys AS r WHERE r.key = e.key AND r.seq = e.seq)"
+    " AND NOT EXISTS (SELECT 1 FROM event_keys AS m WHERE m.key = e.key AND m.seq = e.seq)"
+)
+_MISMAPPED = (  # keys that lead to no row of that key, or are in both tables
+    "SELECT (SELECT count(*) FROM recent_keys AS r WHERE NOT EXISTS"
+    " (SELECT 1 FROM events AS e WHERE e.seq = r.seq AND e.key = r.key))"
+    " + (SELECT count(*) FROM event_keys AS m WHERE NOT EXISTS"
+    " (SELECT 1 FROM events AS e WHERE e.seq = m.seq AND e.key = m.key))"
+    " + (SELECT count(*) FROM recent_keys JOIN event_keys USING (key))"
 )
 _COUNT_AFTER = "SELECT count(*) FROM events NOT INDEXED WHERE rowid > ?"
 # NOT INDEXED: read only the rows of this batch by rowid, never the topic index.
@@ -379,6 +449,7 @@ class SQLiteStore(Store):
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
+        self._recent = 0  # keys in recent_keys (this connection's count of them)
         self._wal_blocked = 0  # WAL checks in a row that a reader kept from completing
         self._wal_warned = False
         self._next_wal_check = 0.0
@@ -429,6 +500,7 @@ class SQLiteStore(Store):
         for statement in _CONFLICT_SETUP:
             conn.execute(statement)
         conn.execute("ATTACH ':memory:' AS logagg_stage")
+        self._recent = conn.execute("SELECT count(*) FROM recent_keys").fetchone()[0]
 
     def _enable_wal(self) -> None:
         """Switch a new file to WAL. Two processes creating one store may race here, and
@@ -466,9 +538,8 @@ class SQLiteStore(Store):
         with self._write():
             version = self._check_version()  # again: another process may have created it
             for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
+                for statement in _statements(MIGRATIONS[step]):
+                    self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (utc_now(),)
@@ -575,6 +646,17 @@ class SQLiteStore(Store):
         loose = self._conn.execute(_LOOSE_KEYLESS).fetchone()[0]
         if loose:
             problems.append(f"{loose:,} events without a key have a hash that no event holds")
+        unmapped = self._conn.execute(_UNMAPPED).fetchone()[0]
+        if unmapped:
+            problems.append(
+                f"{unmapped:,} events are missing from the key tables (recent_keys,"
+                " event_keys): duplicates of them would be stored again"
+            )
+        mismapped = self._conn.execute(_MISMAPPED).fetchone()[0]
+        if mismapped:
+            problems.append(
+                f"{mismapped:,} entries of the key tables lead to no event of their key"
+            )
 
     def _stored_version(self) -> int | None:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -591,9 +673,25 @@ class SQLiteStore(Store):
         reader's) so that the writer runs no Python per row: as JSON text, which the
         writer's SQLite unpacks; or, `writer_behind`, as the image of an in-memory database
         holding them in one table, which costs this thread more and the writer less."""
-        keyed = [(*r, event_key(r[0], r[1])) for r in rows]
-        if not writer_behind or len(keyed) < STAGE_AT_LEAST:
-            return RowBatch(orjson.dumps(keyed).decode(), len(rows))
+        seen: set[int] = set()
+        if not writer_behind or len(rows) < STAGE_AT_LEAST:
+            firsts, repeats = [], []
+            for n, r in enumerate(rows):
+                key = event_key(r[0], r[1])
+                if key in seen:
+                    repeats.append((*r, key, n))
+                else:
+                    seen.add(key)
+                    firsts.append((*r, key))
+            text = orjson.dumps(firsts).decode()
+            if repeats:
+                text += _REPEATS + orjson.dumps(repeats).decode()
+            return RowBatch(text, len(rows), len(seen))
+        keyed = []
+        for r in rows:
+            key = event_key(r[0], r[1])
+            keyed.append((*r, key, key not in seen))
+            seen.add(key)
         stage = sqlite3.connect(":memory:", isolation_level=None)
         try:
             stage.execute("PRAGMA journal_mode = OFF")
@@ -601,18 +699,22 @@ class SQLiteStore(Store):
             stage.execute("BEGIN")
             stage.executemany(_STAGE_ROW, keyed)
             stage.execute("COMMIT")
-            return RowBatch(stage.serialize(), len(rows))
+            return RowBatch(stage.serialize(), len(rows), len(seen))
         finally:
             stage.close()
 
     def decode_rows(self, batch: RowBatch) -> Sequence[Sequence[Any]]:
         if isinstance(batch.data, str):
-            return super().decode_rows(batch)
+            firsts, _, repeats = batch.data.partition(_REPEATS)
+            rows: list[list[Any]] = orjson.loads(firsts)
+            for *row, n in orjson.loads(repeats) if repeats else ():
+                rows.insert(n, row)
+            return rows
         stage = sqlite3.connect(":memory:")
         try:
             stage.deserialize(batch.data)
-            rows: list[list[Any]] = orjson.loads(stage.execute(_BATCH_ROWS).fetchone()[0])
-            return rows
+            staged: list[list[Any]] = orjson.loads(stage.execute(_BATCH_ROWS).fetchone()[0])
+            return staged
         finally:
             stage.close()
 
@@ -635,13 +737,23 @@ class SQLiteStore(Store):
             before = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
             per_batch = []
             replaced = 0
+            mapped = 0
             top = before
             for b in batches:
+                if b.keys is None:  # not made by `encode_rows`: without keys
+                    b = self.encode_rows(self.decode_rows(b))  # type: ignore[arg-type]
                 if isinstance(b.data, bytes):
                     conn.deserialize(b.data, name="logagg_stage")
-                    changed = conn.execute(_INSERT_STAGED, (now,)).rowcount
+                    changed = conn.execute(_INSERT_STAGED, (now, 1)).rowcount
+                    mapped += conn.execute(_MAP_NEW, (top,)).rowcount
+                    if (b.keys or 0) < b.count:
+                        changed += conn.execute(_INSERT_STAGED, (now, 0)).rowcount
                 else:
-                    changed = conn.execute(_INSERT, (b.data, now)).rowcount
+                    firsts, _, repeats = b.data.partition(_REPEATS)
+                    changed = conn.execute(_INSERT, (firsts, now)).rowcount
+                    mapped += conn.execute(_MAP_NEW, (top,)).rowcount
+                    if repeats:
+                        changed += conn.execute(_INSERT, (repeats, now)).rowcount
                 if conn.execute("SELECT EXISTS (SELECT 1 FROM logagg_aside)").fetchone()[0]:
                     # a collision stored an event from a trigger, which rowcount leaves out
                     conn.execute("DELETE FROM logagg_aside")
@@ -684,6 +796,12 @@ class SQLiteStore(Store):
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (now,),
             )
+            recent = self._recent + mapped
+            if recent >= MERGE_AT:
+                conn.executemany(_MERGE, _MERGE_RANGES)
+                conn.execute("DELETE FROM recent_keys")
+                recent = 0
+        self._recent = recent
         return BatchResult(accepted, duplicates, invalid, tuple(per_batch), new, (), len(clash))
 
     def _record_conflicts(
@@ -827,6 +945,17 @@ class SQLiteStore(Store):
             for leftover in (partial, partial + "-wal", partial + "-shm", partial + "-journal"):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of `script`, a trigger's body kept whole."""
+    statement = ""
+    for part in script.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
 
 
 def _conflicts(noted: str) -> list[tuple[Any, ...]]:
