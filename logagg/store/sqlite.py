@@ -449,7 +449,7 @@ class SQLiteStore(Store):
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
-        self._recent = 0  # keys in recent_keys (this connection's count of them)
+        self._recent: int | None = None  # keys in recent_keys, counted at the first write
         self._wal_blocked = 0  # WAL checks in a row that a reader kept from completing
         self._wal_warned = False
         self._next_wal_check = 0.0
@@ -500,7 +500,6 @@ class SQLiteStore(Store):
         for statement in _CONFLICT_SETUP:
             conn.execute(statement)
         conn.execute("ATTACH ':memory:' AS logagg_stage")
-        self._recent = conn.execute("SELECT count(*) FROM recent_keys").fetchone()[0]
 
     def _enable_wal(self) -> None:
         """Switch a new file to WAL. Two processes creating one store may race here, and
@@ -745,13 +744,15 @@ class SQLiteStore(Store):
                 if isinstance(b.data, bytes):
                     conn.deserialize(b.data, name="logagg_stage")
                     changed = conn.execute(_INSERT_STAGED, (now, 1)).rowcount
-                    mapped += conn.execute(_MAP_NEW, (top,)).rowcount
+                    if changed:
+                        mapped += conn.execute(_MAP_NEW, (top,)).rowcount
                     if (b.keys or 0) < b.count:
                         changed += conn.execute(_INSERT_STAGED, (now, 0)).rowcount
                 else:
                     firsts, _, repeats = b.data.partition(_REPEATS)
                     changed = conn.execute(_INSERT, (firsts, now)).rowcount
-                    mapped += conn.execute(_MAP_NEW, (top,)).rowcount
+                    if changed:
+                        mapped += conn.execute(_MAP_NEW, (top,)).rowcount
                     if repeats:
                         changed += conn.execute(_INSERT, (repeats, now)).rowcount
                 if conn.execute("SELECT EXISTS (SELECT 1 FROM logagg_aside)").fetchone()[0]:
@@ -796,7 +797,10 @@ class SQLiteStore(Store):
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (now,),
             )
-            recent = self._recent + mapped
+            if self._recent is None:  # this connection's first write: count them (these too)
+                recent = int(conn.execute("SELECT count(*) FROM recent_keys").fetchone()[0])
+            else:
+                recent = self._recent + mapped
             if recent >= MERGE_AT:
                 conn.executemany(_MERGE, _MERGE_RANGES)
                 conn.execute("DELETE FROM recent_keys")
