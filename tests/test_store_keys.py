@@ -5,7 +5,9 @@ conflicts, keep-last, tombstones, positions and `check` hold as with real hashes
 from __future__ import annotations
 
 import hashlib
+import random
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,38 @@ def test_check_finds_key_tables_out_of_step(db: Path, damage: str) -> None:
         report = store.check()
         assert not report.ok
         assert any("key tables" in problem for problem in report.problems), report.problems
+
+
+def test_two_writers_merging_keep_every_key_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two connections write overlapping keys at once and each merges on its own count of
+    recent_keys (stale when the other writes): every key is stored once."""
+    monkeypatch.setattr(sqlitestore, "MERGE_AT", 40)
+    SQLiteStore.open(str(db)).close()
+    accepted = [0, 0]
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        rnd = random.Random(n)  # seeded: a failure replays
+        try:
+            with SQLiteStore.open(str(db)) as store:
+                for _ in range(30):
+                    keys = [rnd.randrange(600) for _ in range(25)]
+                    accepted[n] += store.write_batch([row(k, "a") for k in keys]).accepted
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    conn = sqlite3.connect(db)
+    try:
+        ids = [e for (e,) in conn.execute("SELECT event_id FROM events")]
+    finally:
+        conn.close()
+    assert len(ids) == len(set(ids)) == sum(accepted)
+    with SQLiteStore.open(str(db)) as store:
+        assert store.check().ok, store.check().problems
+    assert sum(key_tables(db)) == len(ids)
