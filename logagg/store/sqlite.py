@@ -66,8 +66,8 @@ PAGE_SIZE = 4096  # of a new store: 16 KiB pages were no quicker at 5M and took 
 JOURNAL_SIZE_LIMIT = 64 << 20
 STAGE_AT_LEAST = 256  # rows of a batch worth a database image (see `encode_rows`)
 # recent_keys is merged into event_keys when it holds this many keys (about 5 MB): small
-# enough to stay in the page cache with a commit's other pages (250 000 / 500 000 /
-# 1 000 000 at 5M events: see bench/RESULTS.md).
+# enough to stay in the page cache with a commit's other pages (125 000 to 1 000 000 were
+# measured at 5M events: see bench/RESULTS.md).
 MERGE_AT = 250_000
 WAL_CHECK_BYTES = 128 << 20
 WAL_CHECK_SECONDS = 2.0
