@@ -24,18 +24,22 @@ from logagg.gen import generate
 from logagg.models import Checkpoint, StoredEvent, encode_rows, event_from_fields
 from logagg.store import EventQuery, Store, open_store
 from logagg.store import base as store_base
+from logagg.store import sqlite as sqlitestore
 from logagg.store.postgres import PostgresStore, redact
 from logagg.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(params=["sqlite", "sqlite-staged", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-staged", "sqlite-merging", "postgres"])
 def backend(request: pytest.FixtureRequest, db: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    """Each contract test runs on a new SQLite file (its batches as JSON text, and again as
-    database images) and on a new PostgreSQL schema."""
+    """Each contract test runs on a new SQLite file (its batches as JSON text, again as
+    database images, and again with recent_keys merged into event_keys after every write)
+    and on a new PostgreSQL schema."""
     if request.param == "postgres":
         return Backend("postgres", request.getfixturevalue("pg_url"))
     if request.param == "sqlite-staged":
         stage_every_batch(monkeypatch)
+    if request.param == "sqlite-merging":
+        monkeypatch.setattr(sqlitestore, "MERGE_AT", 1)
     return Backend("sqlite", str(db))
 
 
