@@ -30,6 +30,7 @@ PIPE_CHUNK = 1 << 16  # bytes per read from a pipe: whatever is there, up to thi
 POLL_SECONDS = 0.1  # how often a blocked pipe read looks at the stop flag
 BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1024  # how much of an over-long line is kept to show
+_BLANK_INSIDE = re.compile(rb"\n[ \t\x0b\x0c]*\n")  # a blank line after the first
 
 
 @dataclass(slots=True)
@@ -220,22 +221,42 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> Chunk:
         if self._first and data:
+            if self._partial:  # the start of the input, held back below
+                data = bytes(self._partial) + data
+                self._partial.clear()
+            if len(data) < len(BOM) and BOM.startswith(data):  # a BOM may be cut in two
+                self._partial += data
+                return Chunk()
             self._first = False
             data = data.removeprefix(BOM)
         out = Chunk()
         pieces = data.split(b"\n")
         last = pieces.pop()  # the text after the last newline: not a complete line yet
         limit = self.max_line_bytes
-        for i, piece in enumerate(pieces):
+        if pieces and self._skipping:  # the end of an over-long line
             self.line_no += 1
-            if i == 0 and (self._partial or self._skipping):
-                if self._skipping:
-                    out.too_long.append((self.line_no, self._skipping + len(piece) + 1, self._head))
-                    self._skipping = 0
-                    continue
-                self._partial += piece
-                piece = bytes(self._partial)
-                self._partial.clear()
+            out.too_long.append((self.line_no, self._skipping + len(pieces[0]) + 1, self._head))
+            self._skipping = 0
+            del pieces[0]
+        elif pieces and self._partial:  # the rest of the line the last piece of input began
+            self._partial += pieces[0]
+            pieces[0] = bytes(self._partial)
+            self._partial.clear()
+        if (
+            pieces
+            and pieces[0][-1:] not in (b"", b"\r")
+            and not pieces[0].isspace()
+            and b"\r" not in data
+            and _BLANK_INSIDE.search(data) is None
+            and len(pieces[0]) <= limit
+            and (len(data) <= limit or max(map(len, pieces)) <= limit)
+        ):  # the common case at once: short lines, none blank, no CR
+            first = self.line_no + 1
+            self.line_no += len(pieces)
+            out.lines = list(zip(range(first, self.line_no + 1), pieces, strict=True))
+            pieces = []
+        for piece in pieces:
+            self.line_no += 1
             if piece.endswith(b"\r"):
                 piece = piece[:-1]
             if len(piece) > limit:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from helpers import WAIT, unread, wait_until
+from helpers import SEED, WAIT, unread, wait_until
 
 from logagg.errors import SourceError
-from logagg.sources import Chunk, Source, read_chunks
+from logagg.sources import Chunk, LineSplitter, Source, read_chunks
 
 LIMIT = 1 << 20
 
@@ -248,3 +249,43 @@ def test_stdin_that_is_a_regular_file_is_read(tmp_path: Path) -> None:
     with open(path, "rb") as stdin:
         got = lines_of(read_chunks(Source("-"), LIMIT, threading.Event(), stdin=stdin))
     assert got == [(1, b'{"a":1}'), (3, b'{"b":2}')]
+
+
+def _expected_lines(data: bytes, limit: int) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """What splitting `data` whole must give: (numbered lines, numbers of over-long ones)."""
+    pieces = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    lines, too_long = [], []
+    for number, piece in enumerate(pieces, 1):
+        piece = piece.removesuffix(b"\r")
+        if len(piece) > limit:
+            too_long.append(number)
+        elif piece and not piece.isspace():
+            lines.append((number, piece))
+    return lines, too_long
+
+
+@pytest.mark.parametrize("seed", [SEED + n for n in range(40)])
+def test_lines_are_the_same_however_the_input_is_cut(seed: int) -> None:
+    """Blank, whitespace-only, CRLF, over-long and unterminated lines, fed in pieces of any
+    size (a piece may end inside a line, or between CR and LF): every line comes out once,
+    whole, with its number, whichever way the splitter takes."""
+    rng = random.Random(seed)
+    limit = rng.choice([8, 40, LIMIT])
+    kinds = [b"", b"  ", b"\t \x0b\x0c", b" {}", b"x" * 9, b"y" * 41, b"\xc3\xa9\r"]
+    parts = [rng.choice(kinds) if rng.random() < 0.3 else b'{"n":%d}' % n for n in range(300)]
+    data = (b"\xef\xbb\xbf" if rng.random() < 0.5 else b"") + b"\n".join(
+        p + (b"\r" if rng.random() < 0.2 else b"") for p in parts
+    )
+    splitter = LineSplitter(limit)
+    lines, too_long = [], []
+    at = 0
+    while at < len(data):
+        size = rng.choice([1, 2, 7, 64, 1000, len(data)])
+        for chunk in (splitter.feed(data[at : at + size]),):
+            lines.extend(chunk.lines)
+            too_long.extend(number for number, _, _ in chunk.too_long)
+        at += size
+    end = splitter.end()
+    lines.extend(end.lines)
+    too_long.extend(number for number, _, _ in end.too_long)
+    assert (lines, too_long) == _expected_lines(data, limit), f"seed {seed}"
