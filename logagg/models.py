@@ -38,6 +38,8 @@ REJECT_RAW_LIMIT = 64 * 1024  # bytes of a rejected line kept in the rejects fil
 FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
 NOT_FINITE = "invalid JSON: NaN and Infinity are not JSON"
 NUL = "\x00"
+MAX_DEPTH = 200  # of arrays and objects in a line: jiter's limit, which `parse_json` keeps
+_loads, _dumps = orjson.loads, orjson.dumps
 LosslessFloat = jiter.LosslessFloat  # a JSON number with a fraction or exponent, as written
 
 
@@ -78,22 +80,25 @@ def _row(event: Mapping[str, Any]) -> Row:
     )
 
 
-def _plain_row(obj: Any) -> Row | None:
+def _plain_row(obj: Any, exact: bool = False) -> Row | None:
     """The row of the commonest valid event, without the validator's cost: the four names
     (strings of 1 to MAX_NAME characters), the time already in its stored form, an object
-    payload or none, and no other field. Anything else is None: the validator decides."""
-    if type(obj) is not dict or not 4 <= len(obj) <= 5:
+    payload or none, and no other field. Anything else is None: the validator decides.
+    `exact`: `obj` came from `_exact_line`, so orjson writes its payload as it was."""
+    if type(obj) is not dict:
+        return None
+    size = len(obj)
+    if size == 5:
+        payload = obj.get("payload")
+        if type(payload) is not dict:
+            return None
+    elif size == 4:
+        payload = None
+    else:
         return None
     get = obj.get
-    topic, event_id, timestamp, source = (
-        get("topic"),
-        get("event_id"),
-        get("timestamp"),
-        get("source"),
-    )
-    payload = get("payload")
-    if len(obj) == 5 and type(payload) is not dict:
-        return None
+    topic, event_id = get("topic"), get("event_id")
+    timestamp, source = get("timestamp"), get("source")
     if not (
         type(topic) is str
         and type(event_id) is str
@@ -105,7 +110,13 @@ def _plain_row(obj: Any) -> Row | None:
         and is_stored_form(timestamp)
     ):
         return None
-    return (topic, event_id, timestamp, source, encode_json(payload) if payload else "{}", None)
+    if not payload:
+        text = "{}"
+    elif exact:
+        text = _dumps(payload).decode()
+    else:
+        text = encode_json(payload)
+    return (topic, event_id, timestamp, source, text, None)
 
 
 def _check_keys(row: Row) -> Row:
@@ -158,6 +169,23 @@ class RowBatch:
 def encode_rows(rows: Sequence[Row]) -> RowBatch:
     """Encode rows for a store."""
     return RowBatch(orjson.dumps(rows).decode(), len(rows))
+
+
+def _exact_line(raw: bytes) -> Any:
+    """The value of a line that is exactly its own compact JSON as orjson writes it (which
+    the common producers write), parsed by orjson; else None. Then nothing is lost that
+    `parse_json` keeps: every number reads back as written, no key comes twice, and the
+    text is valid JSON. About twice as quick as `parse_json` (call `_shallow` first)."""
+    try:
+        value = _loads(raw)
+        return value if _dumps(value) == raw else None
+    except (ValueError, TypeError):  # not JSON, or beyond orjson (big integers, surrogates)
+        return None
+
+
+def _shallow(raw: bytes) -> bool:
+    """True if `raw` cannot nest deeper than `parse_json` reads (which orjson would)."""
+    return len(raw) <= 2 * MAX_DEPTH + 1 or raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
 
 
 def _parses_with_nan(data: bytes | str) -> bool:
@@ -300,6 +328,12 @@ def decode_lines(
     validate, append = EVENT.validate_python, rows.append
     for line, raw in lines:
         try:
+            if mapper is None and b'": ' not in raw and _shallow(raw):
+                obj = _exact_line(raw)
+                row = None if obj is None else _plain_row(obj, exact=True)
+                if row is not None:
+                    append(_check_keys(row) if b"\\u0000" in raw else row)
+                    continue
             obj = parse_json(raw)
             if mapper is None:
                 try:

@@ -22,6 +22,8 @@ from logagg.models import (
     decode_lines,
     describe,
     event_from_fields,
+    parse_json,
+    validate_event,
 )
 from logagg.timestamps import normalize_timestamp
 
@@ -446,3 +448,73 @@ def test_the_plain_event_shortcut_agrees_with_the_validator(
         and timestamp in _STORED_TIMES
     )
     assert (shortcut is not None) == plain
+
+
+_NUMBER_TEXTS = st.one_of(
+    st.sampled_from(
+        ["0", "-0", "1.5", "1.50", "1e5", "1E5", "1e-7", "0.1", "-0.0", "5e-324", "1.0"]
+        + ["1.7976931348623157e308", "1e400", "18446744073709551615", "18446744073709551616"]
+        + ["-9223372036854775809", "123456789012345678901234567890", "100000.0", "NaN"]
+    ),
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+_STRING_TEXTS = st.one_of(
+    st.text(max_size=8).map(lambda s: json.dumps(s, ensure_ascii=False)),
+    st.text(max_size=8).map(json.dumps),
+    st.sampled_from(['"\\/"', '"\\u00e9"', '"\\ud800"', '"\\u0000"', '"a\\"b"', '"\\\\"']),
+)
+_JSON_TEXTS = st.recursive(
+    st.one_of(_NUMBER_TEXTS, _STRING_TEXTS, st.sampled_from(["true", "false", "null"])),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]"),
+        st.lists(
+            st.tuples(st.sampled_from(['"a"', '"b"', '"\\u0061"', '"c"']), inner), max_size=4
+        ).map(lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True)
+@given(payload=_JSON_TEXTS.map(lambda text: "{" + f'"p":{text}' + "}"), spaced=st.booleans())
+def test_compact_lines_decode_exactly_as_the_validator_reads_them(
+    payload: str, spaced: bool
+) -> None:
+    """A line written compactly (as most producers write JSON lines) may be read by the
+    quicker parser; whatever its numbers, strings and keys, the row or the reason is the
+    one the validator gives, and the payload is stored as written."""
+    head = '{"topic":"t","event_id":"e","timestamp":"2025-01-01T00:00:00.000281Z","source":"s"'
+    text = head + (', "payload": ' if spaced else ',"payload":') + payload + "}"
+    raw = text.encode("utf-8", "surrogatepass")
+    rows, rejects = decode_lines([(1, raw)], "in.jsonl")
+    try:
+        expected = validate_event(parse_json(raw))
+    except (ValidationError, ValueError) as exc:
+        assert not rows and len(rejects) == 1
+        reason = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+        assert rejects[0].reason == reason
+        return
+    assert rows == [expected] and not rejects
+    try:
+        canonical = json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False)
+    except ValueError:  # NaN or the like: refused above
+        return
+    if canonical == payload:
+        assert rows[0][4] == payload
+
+
+@pytest.mark.parametrize(("depth", "accepted"), [(199, True), (200, False), (260, False)])
+def test_compact_lines_nest_as_deep_as_the_validator_reads(depth: int, accepted: bool) -> None:
+    """The line's own object is one level: its payload may nest 199 more, in any form."""
+    payload = '{"a":' * depth + "1" + "}" * depth
+    raw = (
+        '{"topic":"t","event_id":"e","timestamp":"2025-01-01T00:00:00.000281Z","source":"s",'
+        f'"payload":{payload}}}'
+    ).encode()
+    rows, rejects = decode_lines([(1, raw)], "in.jsonl")
+    assert bool(rows) == accepted
+    if not accepted:
+        assert rejects[0].reason.startswith("invalid JSON: recursion limit exceeded")
+    else:
+        assert rows[0][4] == payload
