@@ -515,15 +515,15 @@ def ingest(
         return options.mapping.with_default_source(source.label).for_input()
 
     report.times = zone_named(options.assume_tz)
-    store_encode, behind = writer.store.encode_rows, max(1, options.queue_size // 2)
+    store_encode = writer.store.encode_rows
     # With on_commit the writer runs Python for every event, and needs the GIL the
     # reader would spend on the writer's behalf: then it never counts as behind.
     balance = on_commit is None
 
     def encode(rows: Sequence[Row]) -> RowBatch:
         """The store's form of a batch, made in this thread; with more work here while the
-        writer is behind (half its queue waiting), so that both threads keep busy."""
-        return store_encode(rows, writer_behind=balance and writer.queue_size >= behind)
+        writer is behind (a batch waits in its queue), so that both threads keep busy."""
+        return store_encode(rows, writer_behind=balance and writer.queue_size > 0)
 
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, SWITCH_SECONDS))

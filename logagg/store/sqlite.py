@@ -686,11 +686,12 @@ class SQLiteStore(Store):
             if repeats:
                 text += _REPEATS + orjson.dumps(repeats).decode()
             return RowBatch(text, len(rows), len(seen))
-        keyed = []
+        keyed: list[tuple[Any, ...]] = []
+        append, add = keyed.append, seen.add
         for r in rows:
             key = event_key(r[0], r[1])
-            keyed.append((*r, key, key not in seen))
-            seen.add(key)
+            append((*r, key, key not in seen))
+            add(key)
         stage = sqlite3.connect(":memory:", isolation_level=None)
         try:
             stage.execute("PRAGMA journal_mode = OFF")
