@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import (
@@ -39,6 +40,7 @@ FIELDS = ("topic", "event_id", "timestamp", "source", "payload")
 NOT_FINITE = "invalid JSON: NaN and Infinity are not JSON"
 NUL = "\x00"
 MAX_DEPTH = 200  # of arrays and objects in a line: jiter's limit, which `parse_json` keeps
+_MINUS_ZERO = re.compile(rb"(?<![\w.+-])-0(?![\w.+-])")  # may be the integer -0 (or text)
 _loads, _dumps = orjson.loads, orjson.dumps
 LosslessFloat = jiter.LosslessFloat  # a JSON number with a fraction or exponent, as written
 
@@ -136,14 +138,18 @@ def parse_json(data: bytes | str) -> Any:
     """Strict JSON: no NaN or Infinity, no key twice in an object; integers of any size
     kept exactly, other numbers as `LosslessFloat` (their text as written). Raises
     ValueError with a one-line reason."""
+    text = data if isinstance(data, bytes) else data.encode()
     try:
-        return jiter.from_json(
-            data if isinstance(data, bytes) else data.encode(),
+        value = jiter.from_json(
+            text,
             allow_inf_nan=False,
             cache_mode="all",
             catch_duplicate_keys=True,
             float_mode="lossless-float",
         )
+        if b"-0" in text and _MINUS_ZERO.search(text):
+            value = _keeping_minus_zero(text)
+        return value
     except ValueError as exc:
         if _parses_with_nan(data):
             raise ValueError(NOT_FINITE) from None
@@ -169,6 +175,21 @@ class RowBatch:
 def encode_rows(rows: Sequence[Row]) -> RowBatch:
     """Encode rows for a store."""
     return RowBatch(orjson.dumps(rows).decode(), len(rows))
+
+
+def _keeping_minus_zero(text: bytes) -> Any:
+    """`text` (which jiter read) read again with every integer written `-0` kept as written
+    (jiter reads it as 0), other numbers as jiter keeps them. The grammar is the same, and
+    jiter has already refused what JSON does not allow."""
+    return json.loads(text, parse_int=_int_as_written, parse_float=_float_as_written)
+
+
+def _int_as_written(digits: str) -> Any:
+    return LosslessFloat(b"-0") if digits == "-0" else int(digits)
+
+
+def _float_as_written(digits: str) -> LosslessFloat:
+    return LosslessFloat(digits.encode())
 
 
 def _exact_line(raw: bytes) -> Any:

@@ -181,6 +181,7 @@ NUMBERS = [
     "1.50",
     "1E5",
     "-0.0",
+    "-0",
     "123456789012345678901234567890",
     "-9223372036854775809",
     "0.1",
@@ -189,7 +190,8 @@ NUMBERS = [
 
 
 def test_every_number_comes_back_with_the_same_digits(location: str, tmp_path: Path) -> None:
-    """`1e-400` was stored as `0.0`, `12345678901234567890.55` as `1.2345678901234567e+19`."""
+    """`1e-400` was stored as `0.0`, `12345678901234567890.55` as `1.2345678901234567e+19`,
+    the integer `-0` as `0`."""
     lines = []
     for n, number in enumerate(NUMBERS):
         lines.append(

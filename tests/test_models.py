@@ -518,3 +518,12 @@ def test_compact_lines_nest_as_deep_as_the_validator_reads(depth: int, accepted:
         assert rejects[0].reason.startswith("invalid JSON: recursion limit exceeded")
     else:
         assert rows[0][4] == payload
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_an_integer_written_minus_zero_is_kept_as_written(spaced: bool) -> None:
+    """JSON allows `-0`; it was stored as `0`. Text that only looks like it is untouched."""
+    payload = '{"a":-0,"b":[-0,0,-0.0,-0e0,"-0","x-0"],"c":{"d":-0}}'
+    head = '{"topic":"t","event_id":"e-0","timestamp":"2025-01-01T00:00:00.000281Z","source":"s"'
+    text = head + (', "payload": ' if spaced else ',"payload":') + payload + "}"
+    assert accept(text.encode()).payload == payload
