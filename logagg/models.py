@@ -136,8 +136,8 @@ def validate_event(event: Any) -> Row:
 
 def parse_json(data: bytes | str) -> Any:
     """Strict JSON: no NaN or Infinity, no key twice in an object; integers of any size
-    kept exactly, other numbers as `LosslessFloat` (their text as written). Raises
-    ValueError with a one-line reason."""
+    kept exactly, other numbers (and an integer written `-0`) as `LosslessFloat` (their
+    text as written). Raises ValueError with a one-line reason."""
     text = data if isinstance(data, bytes) else data.encode()
     try:
         value = jiter.from_json(
