@@ -281,9 +281,9 @@ def test_lines_are_the_same_however_the_input_is_cut(seed: int) -> None:
     at = 0
     while at < len(data):
         size = rng.choice([1, 2, 7, 64, 1000, len(data)])
-        for chunk in (splitter.feed(data[at : at + size]),):
-            lines.extend(chunk.lines)
-            too_long.extend(number for number, _, _ in chunk.too_long)
+        chunk = splitter.feed(data[at : at + size])
+        lines.extend(chunk.lines)
+        too_long.extend(number for number, _, _ in chunk.too_long)
         at += size
     end = splitter.end()
     lines.extend(end.lines)
