@@ -160,8 +160,13 @@ def test_check_finds_keys_that_are_not_the_hash_of_their_event(db: Path) -> None
 
 def test_a_batch_is_a_database_image_while_the_writer_is_behind(db: Path) -> None:
     """The reader's two forms of a batch hold the same rows, keys included, and store the
-    same: JSON text by default, a database image when the writer is behind."""
-    rows = [row(i, topic=f"t{i % 3}", payload={"n": i, "x": 1.50}) for i in range(300)]
+    same: JSON text by default, a database image when the writer is behind. An event
+    without unknown fields keeps none (NULL), one with them keeps them as they were."""
+    rows = [
+        row(i, topic=f"t{i % 3}", payload={"n": i, "x": 1.50}, **({"zone": i} if i % 2 else {}))
+        for i in range(300)
+    ]
+    assert rows[0][5] is None and rows[1][5] == '{"zone":1}'
     with SQLiteStore.open(str(db)) as store:
         text, image = store.encode_rows(rows), store.encode_rows(rows, writer_behind=True)
         assert isinstance(text.data, str) and isinstance(image.data, bytes)
@@ -173,7 +178,9 @@ def test_a_batch_is_a_database_image_while_the_writer_is_behind(db: Path) -> Non
         again = store.write_rows([text])
         assert (first.accepted, again.duplicates, again.conflicts) == (300, 300, 0)
         assert [e.payload_json for e in first.new] == [r[4] for r in rows]
+        assert [e.extra_json for e in first.new] == [r[5] for r in rows]
         assert store.check().ok
+    assert sql(db, "SELECT count(*) FROM events WHERE extra IS NULL") == [(150,)]
 
 
 def test_a_new_store_takes_the_page_size_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:

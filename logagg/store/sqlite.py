@@ -289,7 +289,7 @@ _MAPPED = (
 )
 _INSERT_STAGED = (
     f"INSERT INTO main.events {_COLUMNS} SELECT {_MAPPED.format('b.key')}, topic, event_id,"
-    " timestamp, source, payload, extra, ?1, key FROM logagg_stage.batch AS b"
+    " timestamp, source, payload, nullif(extra, ''), ?1, key FROM logagg_stage.batch AS b"
     " WHERE first = ?2 ORDER BY rowid" + _ON_SEQ
 )
 _INSERT = (
@@ -321,6 +321,7 @@ _STAGE = (
     " payload TEXT, extra TEXT, key INTEGER, first INTEGER)"
 )
 _STAGE_ROW = "INSERT INTO batch VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_NO_EXTRA = ""  # an image's `extra` of an event without one (JSON text is never empty)
 _APPLIED = "SELECT count(*) FROM logagg_clash WHERE applied"
 _WRONG_KEYS = (
     "SELECT count(*) FROM events WHERE key IS NOT NULL AND key <> logagg_key(topic, event_id)"
@@ -372,8 +373,8 @@ _NEW_EVENTS = (  # the events a transaction stored, as one JSON array (like _CLA
     " ingested_at, seq)) FROM (SELECT * FROM events WHERE seq > ? ORDER BY seq)"
 )
 _BATCH_ROWS = (
-    "SELECT json_group_array(json_array(topic, event_id, timestamp, source, payload, extra,"
-    " key)) FROM (SELECT * FROM batch ORDER BY rowid)"
+    "SELECT json_group_array(json_array(topic, event_id, timestamp, source, payload,"
+    " nullif(extra, ''), key)) FROM (SELECT * FROM batch ORDER BY rowid)"
 )
 _RECORD_CONFLICTS = (
     "INSERT INTO conflicts (topic, event_id, first_hash, last_hash, first_seen, last_seen,"
@@ -686,11 +687,24 @@ class SQLiteStore(Store):
             if repeats:
                 text += _REPEATS + orjson.dumps(repeats).decode()
             return RowBatch(text, len(rows), len(seen))
-        keyed: list[tuple[Any, ...]] = []
+        # Only str and int: binding None or a bool costs the sqlite3 module a failed
+        # adaptation (an exception built and dropped) per value, a third of the time.
+        keyed: list[tuple[str, str, str, str, str, str, int, int]] = []
         append, add = keyed.append, seen.add
-        for r in rows:
-            key = event_key(r[0], r[1])
-            append((*r, key, key not in seen))
+        for topic, event_id, timestamp, source, payload, extra in rows:
+            key = event_key(topic, event_id)
+            append(
+                (
+                    topic,
+                    event_id,
+                    timestamp,
+                    source,
+                    payload,
+                    _NO_EXTRA if extra is None else extra,
+                    key,
+                    0 if key in seen else 1,
+                )
+            )
             add(key)
         stage = sqlite3.connect(":memory:", isolation_level=None)
         try:
